@@ -1,0 +1,40 @@
+"""The shared attention core: sites, family adapters, the processor base, controller, install, kernels."""
+
+from .controller import Controller
+from .families import FAMILIES, Projected, family_of, input_geometry
+from .install import Passthrough, apply, denoisers, processors_for
+from .kernels import Attend, KernelChoice, KernelSpec, dispatch, explicit_attention, sdpa, warn_once
+from .processor import CallInfo, ComposedProcessor, ControlledProcessor, compose
+from .registry import config_from_json, config_to_json, register_json_type, register_technique
+from .sites import Select, Site, build_sites, select
+
+__all__ = [
+    "FAMILIES",
+    "Attend",
+    "CallInfo",
+    "ComposedProcessor",
+    "ControlledProcessor",
+    "Controller",
+    "KernelChoice",
+    "KernelSpec",
+    "Passthrough",
+    "Projected",
+    "Select",
+    "Site",
+    "apply",
+    "build_sites",
+    "compose",
+    "config_from_json",
+    "config_to_json",
+    "denoisers",
+    "dispatch",
+    "explicit_attention",
+    "family_of",
+    "input_geometry",
+    "processors_for",
+    "register_json_type",
+    "register_technique",
+    "sdpa",
+    "select",
+    "warn_once",
+]

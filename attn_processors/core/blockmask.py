@@ -1,0 +1,227 @@
+"""Block-sparse attention mechanics shared by techniques: analytic BlockMasks and a compiled flex kernel.
+
+A structured mask is described by a *group label per token* (``groups``: LongTensor [S], values
+0..G-1) and a *group-level keep matrix* (``keep``: BoolTensor [G, G], True = query group attends key
+group). Tile-sparse video attention uses one group per latent frame plus one for the text tokens; the
+same description fits any mask that is constant on group x group tiles.
+
+Why analytic: ``create_block_mask`` evaluates ``mask_mod`` on all S^2 pairs (44 s at S = 28 800 on a
+CPU). Here a block (query block i, key block j) is
+
+    partial  iff some (gq, gk) with gq in groups(i), gk in groups(j) is kept,
+    full     iff every such pair is kept,
+
+which is exact because a block is the product of its query and key token sets, so every pair of
+groups present is realised by some token pair. Membership matrices M [nb, G] make this two small
+matrix products, O(S + nb^2 G) instead of O(S^2).
+
+Why compiled: eager ``flex_attention`` materialises the full score matrix (slower than SDPA and
+out of memory at video sizes). ``flex_attend`` only ever calls ``torch.compile(flex_attention,
+dynamic=False)``, compiled once per process; shapes that change recompile (cached by torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 128
+# Each new geometry (S, dtype, head dim, G) is one compiled graph; torch's default of 8 would
+# silently drop later geometries to *eager* flex, which materialises S^2 scores.
+_RECOMPILE_LIMIT = 64
+
+_lock = threading.Lock()
+_compiled: Callable | None = None
+_compile_error: str | None = None
+
+
+def group_mask_mod(groups: torch.Tensor, keep: torch.Tensor) -> Callable:
+    """``mask_mod(b, h, q_idx, kv_idx) = keep[groups[q_idx], groups[kv_idx]]``.
+
+    ``groups`` must cover every index flex may evaluate (pad it to a multiple of the block size).
+    Built by one factory so all masks share one code object (one compiled graph per shape).
+    """
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return keep[groups[q_idx], groups[kv_idx]]
+
+    return mask_mod
+
+
+def block_membership(groups: torch.Tensor, num_groups: int, block_size: int) -> torch.Tensor:
+    """M [nb, G] bool: block i holds at least one token of group g. O(S)."""
+    seq_len = groups.numel()
+    num_blocks = -(-seq_len // block_size)
+    member = torch.zeros(num_blocks, num_groups, dtype=torch.bool, device=groups.device)
+    block_of_token = torch.arange(seq_len, device=groups.device) // block_size
+    member[block_of_token, groups] = True
+    return member
+
+
+def block_structure(
+    groups: torch.Tensor, keep: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial, full) bool [nb, nb] for the self-attention mask keep[groups[i], groups[j]].
+
+    ``partial`` marks blocks with some but not all pairs kept (they evaluate mask_mod), ``full``
+    blocks with all pairs kept (no mask_mod); the rest are skipped.
+    """
+    if keep.dim() != 2 or keep.shape[0] != keep.shape[1]:
+        raise ValueError(f"keep must be a square [G, G] bool matrix, got shape {tuple(keep.shape)}")
+    member = block_membership(groups, keep.shape[0], block_size).float()  # [nb, G]
+    kept = member @ keep.float() @ member.T  # [nb, nb]: number of kept group pairs present
+    dropped = member @ (~keep).float() @ member.T  # number of dropped group pairs present
+    full = (kept > 0) & (dropped == 0)
+    partial = (kept > 0) & (dropped > 0)
+    if groups.numel() % block_size:
+        # blocks touching the padded tail stay partial, as create_block_mask marks them
+        edge = torch.zeros_like(full)
+        edge[-1, :] = True
+        edge[:, -1] = True
+        partial |= full & edge
+        full &= ~edge
+    return partial, full
+
+
+def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool [nq, nkv] -> (num [1, 1, nq] int32, indices [1, 1, nq, nkv] int32, kept blocks first)."""
+    num = blocks.sum(-1, dtype=torch.int32)
+    idx = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num[None, None], idx[None, None]
+
+
+def group_block_mask(
+    groups: torch.Tensor, keep: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE
+) -> BlockMask:
+    """BlockMask (B = H = 1, broadcast) for keep[groups[i], groups[j]], built without create_block_mask.
+
+    groups: LongTensor [S] on the target device; keep: BoolTensor [G, G] on the same device.
+    """
+    if groups.dim() != 1 or groups.dtype != torch.long:
+        raise ValueError(
+            f"groups must be a 1-D LongTensor of group labels, got {groups.dtype} {tuple(groups.shape)}"
+        )
+    keep = keep.to(device=groups.device, dtype=torch.bool)
+    seq_len = groups.numel()
+    partial, full = block_structure(groups, keep, block_size)
+    kv_num, kv_idx = _ordered(partial)
+    full_num, full_idx = _ordered(full)
+    # flex may evaluate mask_mod on the padding of the last block: repeat the last label there
+    pad = partial.shape[0] * block_size - seq_len
+    padded = torch.cat([groups, groups[-1:].expand(pad)]) if pad else groups
+    return BlockMask.from_kv_blocks(
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=block_size,
+        mask_mod=group_mask_mod(padded, keep),
+        seq_lengths=(seq_len, seq_len),
+    )
+
+
+def block_density(block_mask: BlockMask) -> float:
+    """Fraction of (query block, key block) pairs computed (partial + full): 1 - block sparsity."""
+    total = block_mask.kv_num_blocks.sum().item()
+    if block_mask.full_kv_num_blocks is not None:
+        total += block_mask.full_kv_num_blocks.sum().item()
+    nq = block_mask.kv_num_blocks.shape[-1]
+    nkv = block_mask.kv_indices.shape[-1]
+    return total / (nq * nkv * block_mask.kv_num_blocks.shape[0] * block_mask.kv_num_blocks.shape[1])
+
+
+def compiled_flex() -> Callable | None:
+    """The process-wide ``torch.compile(flex_attention, dynamic=False)``; None if compile is unusable."""
+    global _compiled, _compile_error
+    with _lock:
+        if _compiled is None and _compile_error is None:
+            try:
+                _compiled = torch.compile(flex_attention, dynamic=False)
+            except Exception as exc:  # torch.compile unsupported on this build / platform
+                _compile_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("torch.compile(flex_attention) unavailable (%s); block-sparse falls back", exc)
+    return _compiled
+
+
+def flex_attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, *, scale: float | None = None
+) -> torch.Tensor:
+    """Compiled flex attention [B, H, S, D] under ``block_mask``. Raises RuntimeError if it cannot compile.
+
+    Never calls eager flex: compile failures propagate so callers take their SDPA fallback.
+    """
+    fn = compiled_flex()
+    if fn is None:
+        raise RuntimeError(f"compiled flex attention unavailable: {_compile_error}")
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        return fn(q, k, v, block_mask=block_mask, scale=scale)
+
+
+def dense_group_mask(groups: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The element-wise reference: BoolTensor [S, S], mask[i, j] = keep[groups[i], groups[j]]."""
+    keep = keep.to(device=groups.device, dtype=torch.bool)
+    return keep[groups[:, None], groups[None, :]]
+
+
+def gather_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Exact group-masked attention without a mask or compiler: one SDPA per distinct key-group set.
+
+    Query groups whose kept key groups coincide (e.g. text and global frames, which see everything)
+    share one call. Cost is the kept (query, key) token pairs plus gathering their keys, so it skips
+    dropped tiles like flex does. q, k, v: [B, H, S, D]; returns [B, H, S, D].
+    """
+    keep = keep.to(device=groups.device, dtype=torch.bool)
+    out = torch.empty_like(q)
+    present = torch.unique(groups)
+    by_keyset: dict[bytes, list[int]] = {}
+    for g in present.tolist():
+        by_keyset.setdefault(bytes(keep[g, present].tolist()), []).append(g)
+    for query_groups in by_keyset.values():
+        rows = torch.isin(groups, torch.tensor(query_groups, device=groups.device)).nonzero().squeeze(1)
+        cols = keep[query_groups[0]][groups].nonzero().squeeze(1)  # key tokens this set attends to
+        contiguous = cols.numel() == groups.numel()
+        kk, vv = (k, v) if contiguous else (k.index_select(2, cols), v.index_select(2, cols))
+        out.index_copy_(2, rows, F.scaled_dot_product_attention(q.index_select(2, rows), kk, vv, scale=scale))
+    return out
+
+
+def group_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    groups: torch.Tensor,
+    num_groups: int,
+    *,
+    scale: float | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Dense softmax probability mass per key group for every query row: [B, H, S, G], rows sum to 1.
+
+    With it, the recall of any group mask is a gather: recall[i] = sum_g keep[groups[i], g] mass[i, g].
+    Queries are processed in chunks so memory is [B, H, chunk, S].
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    onehot = F.one_hot(groups, num_groups).to(torch.float32)  # [S, G]
+    parts = []
+    for start in range(0, q.shape[2], chunk):
+        logits = (
+            q[:, :, start : start + chunk].float() @ k.float().transpose(-1, -2)
+        ) * scale  # [B, H, c, S]
+        parts.append(logits.softmax(-1) @ onehot)  # [B, H, c, G]
+    return torch.cat(parts, dim=2)

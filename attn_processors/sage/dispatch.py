@@ -1,0 +1,298 @@
+"""``sageattn``: the upstream call shape, our dispatch, logged SDPA fallbacks and the NaN guard.
+
+``choose_kernel`` returns ``(kernel, reason)`` like upstream's per-arch switch; every reason for
+running SDPA instead of a quantized kernel is logged once and counted in ``FALLBACKS``. Inputs
+are never written to (SageAttention 1.0.6 subtracted the K mean in place).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+from collections import Counter
+from dataclasses import replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .quant import LOG2E, head_dim_scale
+from .reference import quantize_qk, quantize_v, simulate
+from .spec import DEFAULT_ARCH, MODES, SageSpec, spec_for
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal[
+    "auto",  # upstream sageattention>=2.1.1 on CUDA, else our Triton kernel, else SDPA (CPU: SDPA)
+    "simulate",  # the pure-PyTorch reference (any device; the oracle, slow)
+    "triton",  # our Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)
+    "upstream",  # the sageattention package's sageattn()
+    "sdpa",  # F.scaled_dot_product_attention (exact)
+]
+BACKENDS: tuple[str, ...] = ("auto", "simulate", "triton", "upstream", "sdpa")
+MIN_KV_LEN = 2048  # below this the quantization overhead eats the gain (thu-ml #343/#70)
+MAX_HEAD_DIM = 128  # upstream raises "Unsupported head_dim" above this
+UPSTREAM_MIN_VERSION = (2, 1, 1)  # Diffusers' _REQUIRED_SAGE_VERSION
+
+FALLBACKS: Counter[str] = Counter()  # reason category -> number of calls that ran SDPA instead
+KERNEL_CALLS: Counter[str] = Counter()  # kernel -> number of calls
+_warned: set[str] = set()
+
+
+def _fallback(category: str, detail: str) -> tuple[str, str]:
+    FALLBACKS[category] += 1
+    if category not in _warned:
+        _warned.add(category)
+        logger.warning("SageAttention falls back to SDPA (%s): %s; further cases are only counted",
+                       category, detail)
+    return "sdpa", f"{category}: {detail}"
+
+
+def reset_counters() -> None:
+    """Clear fallback/kernel counters and the logged-once memory (tests, benchmarks)."""
+    FALLBACKS.clear()
+    KERNEL_CALLS.clear()
+    _warned.clear()
+
+
+def detect_arch(device: torch.device) -> str | None:
+    """Upstream's arch key for a CUDA device (``"sm90"`` on H100/H200), None on CPU or unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return {(8, 0): "sm80", (8, 6): "sm86", (8, 7): "sm86", (8, 9): "sm89", (9, 0): "sm90"}.get(
+        (major, minor), "sm120" if major == 12 else None)
+
+
+def upstream_version() -> tuple[int, ...] | None:
+    """Installed ``sageattention`` version, or None (the package is an optional import)."""
+    try:
+        text = importlib.metadata.version("sageattention")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def choose_kernel(
+    q: torch.Tensor, k: torch.Tensor, *, backend: str = "auto", mode: str = "release",
+    attn_mask: torch.Tensor | None = None, min_kv_len: int = MIN_KV_LEN, max_head_dim: int = MAX_HEAD_DIM,
+    requires_grad: bool = False,
+) -> tuple[str, str]:
+    """Pick ``"simulate" | "triton" | "upstream" | "sdpa"`` for one call; the reason says why.
+
+    Fallback rules (each logged once, counted in ``FALLBACKS``): attention mask, head dim above
+    128, autograd, kv length below ``min_kv_len``, CPU without an explicit kernel request, no
+    usable GPU kernel. An explicit backend that cannot run at all raises ValueError instead.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if backend == "sdpa":
+        return "sdpa", "requested"
+    if attn_mask is not None:
+        return _fallback("mask", "the quantized kernels take no attention mask")
+    if q.shape[-1] > max_head_dim:
+        return _fallback("head_dim", f"head dim {q.shape[-1]} > {max_head_dim}")
+    if requires_grad:
+        return _fallback("autograd", "the quantized kernels have no backward; run under torch.no_grad()")
+    if k.shape[-2] < min_kv_len:
+        return _fallback("short_kv", f"kv length {k.shape[-2]} < min_kv_len={min_kv_len}")
+    if backend == "simulate":
+        return "simulate", "requested"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend='triton' needs the triton package (pip install 'attn-processors[gpu]')")
+        if q.device.type != "cuda" and not _interpreting():
+            raise ValueError("backend='triton' on CPU needs TRITON_INTERPRET=1 set before the first call; "
+                             "use backend='simulate' for the reference")
+        if mode == "paper4bit":
+            raise ValueError("our Triton kernel is INT8 only; run mode='paper4bit' with backend='simulate'")
+        return "triton", "requested"
+    if backend == "upstream":
+        ver = upstream_version()
+        if ver is None or ver < UPSTREAM_MIN_VERSION or q.device.type != "cuda":
+            raise ValueError(f"backend='upstream' needs sageattention>=2.1.1 on a CUDA device (found {ver}, "
+                             f"device {q.device.type})")
+        if mode == "paper4bit":
+            raise ValueError("upstream sageattention exposes no INT4 path; use backend='simulate'")
+        return "upstream", "requested"
+    # auto
+    if q.device.type != "cuda":
+        return _fallback("cpu", "no quantized kernel on CPU; pass backend='simulate' for the reference")
+    arch = detect_arch(q.device)
+    if arch is None:
+        return _fallback("arch", f"unsupported CUDA capability {torch.cuda.get_device_capability(q.device)}")
+    if mode == "paper4bit":
+        return _fallback("int4", "no INT4 kernel is available; use backend='simulate'")
+    ver = upstream_version()
+    if ver is not None and ver >= UPSTREAM_MIN_VERSION:
+        return "upstream", f"sageattention {'.'.join(map(str, ver))} on {arch}"
+    if triton_available():
+        return "triton", f"our Triton kernel on {arch}"
+    return _fallback("no_kernel", "neither sageattention>=2.1.1 nor triton is installed")
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False, sm_scale: float | None = None, return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention on ``[B, H, N, D]`` (GQA allowed); the LSE is computed explicitly if asked."""
+    gqa = q.shape[1] != k.shape[1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=sm_scale,
+                                         enable_gqa=gqa)
+    if not return_lse:
+        return out
+    scale = head_dim_scale(q.shape[-1], sm_scale)
+    kf = k.float().repeat_interleave(q.shape[1] // k.shape[1], dim=1) if gqa else k.float()
+    lse = []
+    rows = max(1, (1 << 23) // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+    for i0 in range(0, q.shape[-2], rows):
+        s = q[:, :, i0:i0 + rows].float() @ kf.transpose(-1, -2) * scale  # [B, H, rows, Nk]
+        if is_causal:
+            i = torch.arange(i0, min(i0 + rows, q.shape[-2]), device=q.device)
+            s = s.masked_fill(torch.arange(k.shape[-2], device=q.device) > i[:, None], -math.inf)
+        if attn_mask is not None:
+            m = attn_mask[..., i0:i0 + rows, :] if attn_mask.shape[-2] > 1 else attn_mask
+            s = s.masked_fill(~m, -math.inf) if m.dtype == torch.bool else s + m.float()
+        lse.append(torch.logsumexp(s, dim=-1))
+    return out, torch.cat(lse, dim=-1)
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensor_layout: str) -> None:
+    if tensor_layout not in ("HND", "NHD"):
+        raise ValueError(
+            f"tensor_layout must be 'HND' ([B, H, N, D]) or 'NHD' ([B, N, H, D]), got {tensor_layout!r}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D, got {q.dim()}, {k.dim()}, {v.dim()} dims")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them first")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, got {q.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+
+
+def sageattn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    tensor_layout: str = "HND",
+    is_causal: bool = False,
+    sm_scale: float | None = None,
+    return_lse: bool = False,
+    mode: str = "release",
+    backend: str = "auto",
+    attn_mask: torch.Tensor | None = None,
+    arch: str | None = None,
+    min_kv_len: int = MIN_KV_LEN,
+    nan_guard: bool = True,
+    spec: SageSpec | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SageAttention with upstream's call shape; a drop-in for ``sageattention.sageattn``.
+
+    q ``[B, Hq, Nq, D]`` and k, v ``[B, Hkv, Nk, D]`` for ``tensor_layout="HND"`` (``"NHD"``:
+    ``[B, N, H, D]``); ``Hq % Hkv == 0`` (GQA). Returns the output in q's dtype and layout, plus
+    the natural-log LSE ``[B, Hq, Nq]`` (fp32) with ``return_lse``. ``arch`` picks the tile preset
+    (default: the device's, ``"sm90"`` on CPU); ``spec`` overrides ``mode`` entirely (simulate).
+
+    >>> q = k = v = torch.randn(1, 2, 256, 64)
+    >>> sageattn(q, k, v, backend="simulate", min_kv_len=0).shape
+    torch.Size([1, 2, 256, 64])
+    """
+    _validate(q, k, v, tensor_layout)
+    if tensor_layout == "NHD":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # views in HND, [B, H, N, D]
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} must be a multiple of kv heads {k.shape[1]}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k head dims differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError("is_causal needs equal query and key lengths (as upstream)")
+    requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    kernel, _ = choose_kernel(q, k, backend=backend, mode=mode, attn_mask=attn_mask, min_kv_len=min_kv_len,
+                              requires_grad=requires_grad)
+    KERNEL_CALLS[kernel] += 1
+    kw = dict(is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse)
+    if kernel == "sdpa":
+        res = sdpa_attention(q, k, v, attn_mask=attn_mask, **kw)
+    else:
+        arch = arch or detect_arch(q.device) or DEFAULT_ARCH
+        res = _run_kernel(kernel, q, k, v, spec or spec_for(mode, arch), **kw)
+        out = res[0] if return_lse else res
+        if nan_guard and not bool(torch.isfinite(out).all()):
+            _fallback("nonfinite", f"{kernel} produced NaN/Inf; this call was recomputed with SDPA")
+            res = sdpa_attention(q, k, v, **kw)
+    out, lse = (res if return_lse else (res, None))
+    out = out.to(q.dtype)
+    if tensor_layout == "NHD":
+        out = out.transpose(1, 2)
+    return (out, lse.float()) if return_lse else out
+
+
+def _run_kernel(
+    kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SageSpec, *, is_causal: bool,
+    sm_scale: float | None, return_lse: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    if kernel == "simulate":
+        return simulate(q, k, v, spec, sm_scale=sm_scale, is_causal=is_causal, return_lse=return_lse)
+    if kernel == "upstream":
+        import sageattention
+
+        qc, kc, vc = (t if t.dtype != torch.float32 else t.half() for t in (q, k, v))
+        if spec.pv == "fp16" and spec.qk_gran == "per_block":  # sage1 recipe
+            return sageattention.sageattn_qk_int8_pv_fp16_triton(
+                qc, kc, vc, tensor_layout="HND", is_causal=is_causal, sm_scale=sm_scale,
+                return_lse=return_lse)
+        return sageattention.sageattn(qc, kc, vc, tensor_layout="HND", is_causal=is_causal, sm_scale=sm_scale,
+                                      return_lse=return_lse)
+    return _run_triton(q, k, v, spec, is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse)
+
+
+def triton_spec(spec: SageSpec) -> SageSpec:
+    """The recipe our Triton kernel computes: fp32 outer accumulation lets FP8 V use the full 448 range."""
+    return replace(spec, v_scale_max=448.0) if spec.pv == "fp8" else spec
+
+
+def _run_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SageSpec, *, is_causal: bool,
+    sm_scale: float | None, return_lse: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    from . import triton_kernel
+
+    if spec.smooth_q or spec.qk_bits != 8 or spec.pv == "fp32":
+        raise ValueError(f"our Triton kernel runs INT8 Q/K without smooth-Q and FP8/FP16 P.V; got {spec}")
+    if spec.pv == "fp8" and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 9):
+        spec = replace(spec, pv="fp16")  # no FP8 tensor cores before sm89
+    spec = triton_spec(spec)
+    scale = head_dim_scale(q.shape[-1], sm_scale)
+    pre = quantize_qk(q, k, spec, scale * LOG2E)
+    vq, v_scale = quantize_v(v, spec)
+    out_dtype = q.dtype if q.device.type == "cuda" else torch.float32
+    block_m = 128 if q.device.type == "cuda" else 64
+    out, lse = triton_kernel.run_preprocessed(pre, vq, v_scale, spec.pv, is_causal, out_dtype,
+                                              block_m=block_m, block_n=spec.tiles.blk_k)
+    if not return_lse:
+        return out
+    if spec.smooth_k:  # lse_correction: the kernel saw K - mean(K)
+        hq = q.shape[1]
+        km = pre["k_mean"].repeat_interleave(hq // k.shape[1], dim=1)
+        lse = lse + (q.float() @ km.transpose(-1, -2)).squeeze(-1) * scale
+    return out, lse

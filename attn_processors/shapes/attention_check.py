@@ -1,0 +1,153 @@
+"""Is cross-attention localised? Per-word attention maps of the UNet's attn2 layers vs object boxes.
+
+The measure of the project brief: on every ``attn2`` layer a probe stores head-averaged attention
+probabilities; a word's map is upsampled to the image size, summed over steps, normalised to sum 1,
+and compared with the box of the object the word describes:
+
+* ``mass_ratio``  = (map mass inside the box) / (box area share); 1.0 means no localisation;
+* ``peak_in_box`` = fraction of maps whose arg-max pixel lies inside the box.
+
+The same probe, with gradients kept, gives the training's token-grounding loss (TokenCompose,
+Wang et al. 2024, Eq. 2: ``L_token = mean_i (1 - sum_u A_iu M_iu / sum_u A_iu)^2``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+
+# Token position of the j-th object's colour and shape words in "<bos> a c s , a c s and a c s <eos>".
+def colour_position(j: int) -> int:
+    return 2 + 4 * j
+
+
+def shape_position(j: int) -> int:
+    return 3 + 4 * j
+
+
+class CrossAttentionProbe:
+    """``attn2`` processor with the stock maths (explicit softmax) that hands its probabilities on.
+
+    ``sink(name, probs)`` receives head-averaged probabilities (B, N, T) of every call.
+    """
+
+    def __init__(self, name: str, sink: Callable[[str, torch.Tensor], None]) -> None:
+        self.name = name
+        self.sink = sink
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None or hidden_states.ndim != 3:
+            raise ValueError(f"{self.name}: the probe handles only 3-D cross-attention calls")
+        batch, n, _ = hidden_states.shape
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*H, N, d)
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*H, T, d)
+        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(q, k, attention_mask)  # (B*H, N, T)
+        self.sink(self.name, probs.view(batch, attn.heads, n, -1).mean(1))  # (B, N, T)
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))  # (B, N, C)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def cross_attention_names(unet: torch.nn.Module) -> list[str]:
+    """Processor keys of every attn2 layer, in forward order."""
+    return [k for k in unet.attn_processors if k.endswith("attn2.processor")]
+
+
+def install_probes(unet: torch.nn.Module, sink: Callable[[str, torch.Tensor], None]) -> dict:
+    """Put a probe on every attn2 layer; returns the previous processors (pass to ``restore``)."""
+    previous = dict(unet.attn_processors)
+    procs = {k: (CrossAttentionProbe(k.removesuffix(".processor"), sink) if k.endswith("attn2.processor") else p)
+             for k, p in previous.items()}
+    unet.set_attn_processor(procs)
+    return previous
+
+
+def restore(unet: torch.nn.Module, previous: dict) -> None:
+    unet.set_attn_processor(previous)
+
+
+def grounding_loss(
+    probs: list[torch.Tensor], masks: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """TokenCompose token loss over layers, objects and their colour + shape words.
+
+    probs: per layer (B, N, T) with N = r*r; masks: (B, J, R, R) object coverage in caption order;
+    valid: (B, J) bool. Returns a scalar (0 when no object is valid).
+    """
+    j_count = masks.shape[1]
+    positions = [p for j in range(j_count) for p in (colour_position(j), shape_position(j))]
+    w = valid.repeat_interleave(2, dim=1).float()  # (B, 2J)
+    if w.sum() == 0:
+        return probs[0].sum() * 0.0
+    losses = []
+    for p in probs:
+        r = int(math.isqrt(p.shape[1]))
+        m = F.adaptive_avg_pool2d(masks, r).flatten(2).repeat_interleave(2, dim=1)  # (B, 2J, N)
+        a = p[:, :, positions].transpose(1, 2)  # (B, 2J, N)
+        a = a / a.sum(-1, keepdim=True).clamp_min(1e-8)
+        mass = (a * m).sum(-1)  # (B, 2J)
+        losses.append((((1 - mass) ** 2) * w).sum() / w.sum())
+    return torch.stack(losses).mean()
+
+
+def box_mask(box: torch.Tensor, size: int) -> torch.Tensor:
+    """(4,) normalised xyxy -> (size, size) bool of pixel centres inside the box."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    inx = (c >= box[0]) & (c <= box[2])
+    iny = (c >= box[1]) & (c <= box[3])
+    return iny[:, None] & inx[None, :]
+
+
+def word_localisation(word_map: torch.Tensor, box: torch.Tensor) -> tuple[float, bool]:
+    """(h, w) non-negative map of one word and its object's box -> (mass_ratio, peak_in_box)."""
+    size = word_map.shape[-1]
+    inside = box_mask(box, size)
+    share = inside.float().mean().item()
+    if share == 0:
+        raise ValueError(f"box {box.tolist()} covers no pixel centre at {size}x{size}")
+    m = word_map / word_map.sum().clamp_min(1e-12)
+    mass = m[inside].sum().item()
+    peak = int(torch.argmax(m))
+    return mass / share, bool(inside.flatten()[peak])
+
+
+def upsample_map(layer_map: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,) map of an r x r layer -> (size, size) bilinear."""
+    r = int(math.isqrt(layer_map.numel()))
+    return F.interpolate(layer_map.view(1, 1, r, r), size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+
+
+class MapAccumulator:
+    """Sums the conditional half of every attn2 call per layer over the sampling steps.
+
+    With classifier-free guidance the Diffusers SD pipeline stacks (uncond, cond): ``cond_half``
+    keeps the second half only.
+    """
+
+    def __init__(self, cond_half: bool = True) -> None:
+        self.cond_half = cond_half
+        self.maps: dict[str, torch.Tensor] = {}  # name -> (B, N, T)
+
+    def __call__(self, name: str, probs: torch.Tensor) -> None:
+        p = probs.detach().float()
+        if self.cond_half:
+            p = p[p.shape[0] // 2 :]
+        self.maps[name] = self.maps[name] + p if name in self.maps else p.clone()
+
+    def reset(self) -> None:
+        self.maps = {}

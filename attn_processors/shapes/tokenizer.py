@@ -1,0 +1,134 @@
+"""A CLIP byte-level BPE tokenizer built from the shapes vocabulary, with no download.
+
+Base symbols are CLIP's 256 byte characters and their end-of-word (``</w>``) forms, so any text
+still tokenizes (into characters). Merges are grown greedily, word by word, until each vocabulary
+word is a single symbol; a new merge always gets the highest rank so words finished earlier never
+change. Unknown words would therefore be split silently into characters: ``check_prompt`` names
+them, and ``VocabCheckedTokenizer`` (used by ``load_pipeline``) raises on them.
+
+>>> tok = build_tokenizer()
+>>> tok("a red circle").input_ids[:5] == [tok.bos_token_id, *word_ids(tok, ["a", "red", "circle"]), tok.eos_token_id]
+True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+from .vocab import WORDS
+
+# Longest caption: "a red circle , a blue square and a yellow triangle" = 11 words + BOS + EOS.
+# A short context leaves few padding tokens to carry the caption in cross-attention.
+MODEL_MAX_LENGTH = 16
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# CLIP's pre-tokenizer: words, numbers and single punctuation marks.
+_WORD_RE = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP reversible byte -> printable unicode character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Standard BPE: repeatedly merge the lowest-ranked adjacent pair."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
+def build_vocab_and_merges(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-format vocabulary (byte symbols, their </w> forms, merged words, BOS, EOS) and merges."""
+    byte_chars = list(bytes_to_unicode().values())
+    vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        encoded = "".join(bytes_to_unicode()[b] for b in word.encode("utf-8"))
+        symbols = list(encoded[:-1]) + [encoded[-1] + "</w>"]
+        symbols = _apply_merges(symbols, ranks)
+        while len(symbols) > 1:  # merge left to right; each new merge ranks last
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab_list.append(pair[0] + pair[1])
+            symbols = [pair[0] + pair[1]] + symbols[2:]
+    vocab_list += [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    return vocab, merges
+
+
+def build_tokenizer(words: tuple[str, ...] = WORDS, model_max_length: int = MODEL_MAX_LENGTH) -> CLIPTokenizer:
+    """A CLIPTokenizer with one token per vocabulary word (pad = EOS, as in SD 1.x)."""
+    vocab, merges = build_vocab_and_merges(words)
+    tok = CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)
+    for w in words:  # the build's own invariant: one token per word
+        ids = tok(w, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise RuntimeError(f"vocabulary word {w!r} tokenized into {len(ids)} tokens")
+    return tok
+
+
+def save_vocab_files(directory: str | Path, words: tuple[str, ...] = WORDS) -> None:
+    """Write the classic ``vocab.json`` + ``merges.txt`` pair (readable by any CLIP tokenizer)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab, merges = build_vocab_and_merges(words)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def split_words(prompt: str) -> list[str]:
+    """The words CLIP's pre-tokenizer sees (lower-cased, punctuation split off)."""
+    return _WORD_RE.findall(prompt.lower())
+
+
+def unknown_words(prompt: str, words: tuple[str, ...] = WORDS) -> list[str]:
+    """Words of ``prompt`` outside the vocabulary, in order of appearance, without repeats."""
+    known = set(words)
+    return list(dict.fromkeys(w for w in split_words(prompt) if w not in known))
+
+
+def check_prompt(prompt: str | list[str], words: tuple[str, ...] = WORDS) -> None:
+    """Raise ValueError naming every word outside the vocabulary (they would become characters)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    bad = list(dict.fromkeys(w for p in prompts for w in unknown_words(p, words)))
+    if bad:
+        raise ValueError(
+            f"words outside the shapes vocabulary: {bad}. The model knows only {list(words)}; "
+            'write captions like "a red circle and a blue square".'
+        )
+
+
+def word_ids(tok: CLIPTokenizer, words: list[str]) -> list[int]:
+    """Token id of each vocabulary word."""
+    return [tok.convert_tokens_to_ids(w + "</w>") for w in words]
+
+
+class VocabCheckedTokenizer(CLIPTokenizer):
+    """CLIPTokenizer that refuses prompts with out-of-vocabulary words instead of splitting them.
+
+    The saved files stay standard CLIP files; ``load_pipeline`` swaps this class in after loading.
+    """
+
+    def __call__(self, text=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - same signature as the base
+        if text is not None:
+            check_prompt(text if isinstance(text, str) else [t for t in text if isinstance(t, str)])
+        return super().__call__(text, *args, **kwargs)

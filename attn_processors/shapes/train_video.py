@@ -1,0 +1,366 @@
+"""Train the embedded moving-shapes Wan model: VAE -> latent cache -> transformer + text encoder.
+
+    python -m attn_processors.shapes.train_video --out runs/video --device cpu|cuda
+
+Every stage is seeded and resumable: the run folder holds ``vae.pt`` / ``cache.pt`` / ``dit.pt``
+checkpoints (weights, optimiser, EMA, step, RNG state) written every ``--save-every`` seconds, and a
+``log.jsonl`` with the losses. Rerunning the same command continues where it stopped; a finished
+stage is skipped. Recipe (the video analogue of the image model's, see docs/readme/video-model.md):
+
+1. AutoencoderKLWan: L1 + MSE + 1e-6 KL on random 5-frame 32x32 crops, then 9-frame 64x64 clips.
+2. Cache posteriors (mean, std) of ``--cache-size`` 17-frame 64x64 clips; latents are normalised
+   per channel with their measured mean/std (stored in the VAE config as Wan does).
+3. WanTransformer3DModel + UMT5 encoder jointly with rectified flow (Wan's objective):
+   x_s = (1 - s) x0 + s eps, target v = eps - x0, s from the shifted uniform schedule the
+   FlowMatchEulerDiscreteScheduler samples with; 10 % empty captions (classifier-free guidance);
+   AdamW, warm-up, grad clip 1, EMA (the EMA is shipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from attn_processors.shapes import video_model as vm
+from attn_processors.shapes.video_attention import install_probes
+from attn_processors.shapes.video_data import frames_to_tensor, sample_video
+from attn_processors.shapes.video_tokenizer import build_video_tokenizer
+
+TEXT_PAD_LENGTH = 512  # WanPipeline pads prompt embeddings with zeros to max_sequence_length=512
+
+
+def log(run: Path, record: dict) -> None:
+    record = {"time": round(time.time(), 1), **record}
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+
+
+# ----------------------------------------------------------------------------------------- VAE
+def vae_batch(rng: np.random.Generator, batch: int, frames: int, crop: int) -> torch.Tensor:
+    """(B, 3, frames, crop, crop) in [-1, 1]: random clips at the training speed, randomly cropped."""
+    speed = (1.0 * (frames - 1) / 16, 1.6 * (frames - 1) / 16)  # keep 1-1.6 px/frame at any clip length
+    clips = []
+    for _ in range(batch):
+        s = sample_video(rng, num_frames=frames, speed_range=speed)
+        x = frames_to_tensor(s.frames)
+        if crop < vm.SIZE:
+            i, j = rng.integers(0, vm.SIZE - crop + 1, size=2)
+            x = x[:, :, i:i + crop, j:j + crop]
+        clips.append(x)
+    return torch.stack(clips)
+
+
+def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
+    path = run / "vae.pt"
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    vae = vm.make_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step = 0
+    if path.exists():
+        ck = torch.load(path, map_location=device, weights_only=False)
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        _set_rng_state(rng, ck["rng"])
+    if step >= args.vae_steps:
+        return vae.eval()
+    last = time.time()
+    t0 = time.time()
+    while step < args.vae_steps:
+        full = step >= int(args.vae_steps * 0.8)  # last 20 %: whole 64x64 frames, 9 frames (two chunks)
+        x = vae_batch(rng, args.vae_batch // 4 if full else args.vae_batch, 9 if full else 5,
+                      vm.SIZE if full else 32).to(device)
+        lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        post = vae.encode(x).latent_dist
+        y = vae.decode(post.sample()).sample
+        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = rec + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            psnr = -10 * math.log10(F.mse_loss(y.detach(), x).item() / 4 + 1e-12)  # range 2 -> peak^2 = 4
+            log(run, {"stage": "vae", "step": step, "loss": round(loss.item(), 5), "psnr": round(psnr, 2),
+                      "kl": round(kl.item(), 3), "lr": lr, "sec": round(time.time() - t0, 1)})
+        if time.time() - last > args.save_every or step == args.vae_steps:
+            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "rng": _rng_state(rng)}, path)
+            last = time.time()
+    return vae.eval()
+
+
+@torch.no_grad()
+def eval_vae(vae, device: torch.device, n: int = 16, seed: int = 1234) -> float:
+    """PSNR (dB) of full 17-frame 64x64 reconstructions (posterior mean) on held-out clips."""
+    rng = np.random.default_rng(seed)
+    x = torch.stack([frames_to_tensor(sample_video(rng).frames) for _ in range(n)]).to(device)
+    y = torch.cat([vae.decode(vae.encode(x[i:i + 4]).latent_dist.mode()).sample for i in range(0, n, 4)])
+    return float(-10 * torch.log10(F.mse_loss(y, x) / 4))
+
+
+# --------------------------------------------------------------------------------- latent cache
+@torch.no_grad()
+def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) -> dict:
+    """Encode ``cache_size`` 17-frame clips once (posterior mean/std in fp16) and measure the per-channel
+    latent statistics Wan stores as ``latents_mean`` / ``latents_std``. Resumable in chunks of 64."""
+    path = run / "cache.pt"
+    cache = torch.load(path, weights_only=False) if path.exists() else {"mean": [], "std": [], "captions": [],
+                                                                          "objects": [], "rng": None}
+    rng = np.random.default_rng(args.seed + 1)
+    if cache["rng"] is not None:
+        rng.bit_generator.state = cache["rng"]
+    done = sum(m.shape[0] for m in cache["mean"])
+    t0 = time.time()
+    while done < args.cache_size:
+        n = min(64, args.cache_size - done)
+        samples = [sample_video(rng, num_frames=vm.NUM_FRAMES, size=vm.SIZE) for _ in range(n)]
+        x = torch.stack([frames_to_tensor(s.frames) for s in samples]).to(device)
+        means, stds = [], []
+        for i in range(0, n, 16):
+            post = vae.encode(x[i:i + 16]).latent_dist
+            means.append(post.mean.half().cpu())
+            stds.append(post.std.half().cpu())
+        cache["mean"].append(torch.cat(means))
+        cache["std"].append(torch.cat(stds))
+        cache["captions"] += [s.caption for s in samples]
+        cache["objects"] += [[(o.colour, o.shape, o.direction) for o in s.objects] for s in samples]
+        cache["rng"] = rng.bit_generator.state
+        done += n
+        save_atomic(cache, path)
+        log(run, {"stage": "cache", "clips": done, "sec": round(time.time() - t0, 1)})
+    mean = torch.cat(cache["mean"]).float()
+    if "latents_mean" not in cache:
+        # per-channel statistics over clips, frames and pixels: (C,)
+        cache["latents_mean"] = mean.mean(dim=(0, 2, 3, 4)).tolist()
+        cache["latents_std"] = mean.std(dim=(0, 2, 3, 4)).tolist()
+        save_atomic(cache, path)
+        log(run, {"stage": "cache", "latents_mean": cache["latents_mean"], "latents_std": cache["latents_std"]})
+    vae.register_to_config(latents_mean=cache["latents_mean"], latents_std=cache["latents_std"])
+    return {"mean": mean, "std": torch.cat(cache["std"]).float(), "captions": cache["captions"],
+            "latents_mean": torch.tensor(cache["latents_mean"]).view(1, -1, 1, 1, 1),
+            "latents_std": torch.tensor(cache["latents_std"]).view(1, -1, 1, 1, 1)}
+
+
+# --------------------------------------------------------------------------- transformer + text
+def encode_text(text_encoder, tokenizer, captions: list[str], device: torch.device,
+                pad_to: int = TEXT_PAD_LENGTH) -> torch.Tensor:
+    """UMT5 embeddings laid out exactly as WanPipeline builds them: the real tokens (with </s>),
+    then zeros up to ``pad_to``. (B, pad_to, d_model)."""
+    h, _ = encode_text_short(text_encoder, tokenizer, captions, device)
+    return F.pad(h, (0, 0, 0, pad_to - h.shape[1]))
+
+
+def encode_text_short(text_encoder, tokenizer, captions: list[str], device: torch.device):
+    """Embeddings at the tokenizer's length (32) with zeroed padding rows, and the real lengths (B,)."""
+    tok = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
+    h = text_encoder(ids, mask).last_hidden_state * mask[..., None]  # (B, L, D), padding rows zeroed
+    return h, mask.sum(1)
+
+
+class PaddedCrossAttnProcessor(WanAttnProcessor):
+    """Training-only attn2 processor: 32 text rows behave exactly like WanPipeline's 512.
+
+    Every zero padding row maps to the same key/value (text projection, to_k/to_v and RMSNorm of a
+    constant row), so n identical keys are one key whose softmax weight is multiplied by n. Adding
+    log((512 - L) / (32 - L)) to the logits of the 32 - L padding rows therefore reproduces the
+    512-row attention exactly while computing 16x fewer keys (checked in tests/test_video_model.py).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias: torch.Tensor | None = None  # (B, 1, 1, 32) additive logits
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, self.bias, rotary_emb)
+
+
+def padding_bias(lengths: torch.Tensor, short: int, full: int = TEXT_PAD_LENGTH) -> torch.Tensor:
+    """(B, 1, 1, short) logit bias making ``short - L`` zero rows count as ``full - L`` rows."""
+    pos = torch.arange(short, device=lengths.device)[None, :]
+    lengths = lengths[:, None].float()
+    bias = torch.log((full - lengths) / (short - lengths)) * (pos >= lengths)
+    return bias[:, None, None, :]
+
+
+def install_padded_cross_attn(transformer) -> PaddedCrossAttnProcessor:
+    """Put one shared PaddedCrossAttnProcessor on every attn2; set its ``bias`` before each forward."""
+    proc = PaddedCrossAttnProcessor()
+    for block in transformer.blocks:
+        block.attn2.set_processor(proc)
+    return proc
+
+
+def flow_sigmas(batch: int, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise levels s in (0, 1) drawn like the sampler visits them: u ~ U(0,1), s = shift u / (1 + (shift-1) u)."""
+    u = torch.rand(batch, generator=generator).clamp(1e-3, 1 - 1e-3)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
+def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: torch.device, tokenizer) -> None:
+    import copy
+
+    from attn_processors.shapes.export_video import export_pipeline
+
+    path = run / "dit.pt"
+    torch.manual_seed(args.seed + 2)
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    transformer = vm.make_transformer().to(device)
+    text_encoder = vm.make_text_encoder(len(tokenizer)).to(device)
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
+    step = 0
+    if path.exists():
+        ck = torch.load(path, map_location=device, weights_only=False)
+        transformer.load_state_dict(ck["transformer"])
+        text_encoder.load_state_dict(ck["text_encoder"])
+        ema_t.load_state_dict(ck["ema_transformer"])
+        ema_e.load_state_dict(ck["ema_text_encoder"])
+        opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+    for m in (ema_t, ema_e):
+        m.requires_grad_(False)
+    cross = install_padded_cross_attn(transformer)
+    # explicit attn1 (same output as SDPA) so the same-frame attention mass can be logged and, with
+    # --frame-weight > 0, pushed up to --frame-target (a hinge: no force once a layer is there)
+    probes = install_probes(transformer, frames=cache["mean"].shape[2])
+    masses = []
+    n = cache["mean"].shape[0]
+    lm, ls = cache["latents_mean"].to(device), cache["latents_std"].to(device)
+    last_save = last_export = time.time()
+    t0, losses = time.time(), []
+
+    def checkpoint() -> None:
+        save_atomic({"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
+                     "ema_transformer": ema_t.state_dict(), "ema_text_encoder": ema_e.state_dict(),
+                     "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
+                     "torch_rng": torch.get_rng_state()}, path)
+
+    while step < args.dit_steps:
+        idx = torch.randint(0, n, (args.dit_batch,), generator=gen)
+        z = cache["mean"][idx] + cache["std"][idx] * torch.randn(cache["mean"][idx].shape, generator=gen)
+        x0 = ((z.to(device) - lm) / ls)  # (B, C, F, H, W) normalised latents
+        captions = [cache["captions"][i] if torch.rand(1, generator=gen).item() >= 0.1 else ""
+                    for i in idx.tolist()]
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        s = flow_sigmas(args.dit_batch, vm.FLOW_SHIFT, gen).to(device)
+        sv = s.view(-1, 1, 1, 1, 1)
+        xs = (1 - sv) * x0 + sv * eps
+        lr = args.dit_lr * min(1.0, (step + 1) / 200)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        cond, lengths = encode_text_short(text_encoder, tokenizer, captions, device)
+        cross.bias = padding_bias(lengths, cond.shape[1])
+        pred = transformer(xs, timestep=s * 1000, encoder_hidden_states=cond, return_dict=False)[0]
+        flow_loss = F.mse_loss(pred, eps - x0)
+        layer_mass = torch.stack([pr.last_mass.mean(1) for pr in probes], 1)  # (B, layers), head mean
+        frame_loss = F.relu(args.frame_target - layer_mass).mean()
+        loss = flow_loss + args.frame_weight * frame_loss
+        masses.append(layer_mass.detach().mean(0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        _ema_update(ema_t, transformer, decay)
+        _ema_update(ema_e, text_encoder, decay)
+        losses.append(flow_loss.item())
+        if step % 50 == 0:
+            ratio = (torch.stack(masses).mean(0) * cache["mean"].shape[2]).tolist()  # x uniform share
+            masses = []
+            log(run, {"stage": "dit", "step": step, "loss": round(float(np.mean(losses)), 5),
+                      "diag_ratio": [round(r, 2) for r in ratio], "frame_loss": round(frame_loss.item(), 4),
+                      "grad_norm": round(float(gn), 3), "lr": lr, "sec": round(time.time() - t0, 1)})
+            losses = []
+        if time.time() - last_save > args.save_every or step == args.dit_steps:
+            checkpoint()
+            last_save = time.time()
+        if (args.export_every and time.time() - last_export > args.export_every) or step == args.dit_steps:
+            export_pipeline(run / "pipeline", vae, ema_e, tokenizer, ema_t, meta={"dit_steps": step})
+            last_export = time.time()
+            log(run, {"stage": "dit", "step": step, "exported": str(run / "pipeline")})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/video"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stage", default="all", choices=["vae", "cache", "dit", "all"])
+    p.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-kl", type=float, default=1e-6)
+    p.add_argument("--cache-size", type=int, default=4000)
+    p.add_argument("--dit-steps", type=int, default=20000)
+    p.add_argument("--dit-batch", type=int, default=16)
+    p.add_argument("--dit-lr", type=float, default=5e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--frame-weight", type=float, default=0.2,
+                   help="weight of the same-frame attention hinge (0: off); documented in the model card")
+    p.add_argument("--frame-target", type=float, default=0.5,
+                   help="same-frame attention mass a layer is pushed to (uniform share is 1/F = 0.2)")
+    p.add_argument("--export-every", type=float, default=0.0,
+                   help="seconds between exports of the EMA pipeline to <out>/pipeline (0: only at the end)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    vae = train_vae(args.out, args, device)
+    if args.stage == "vae":
+        log(args.out, {"stage": "vae", "done": True, "psnr_full": round(eval_vae(vae, device), 2)})
+        return
+    cache = build_cache(args.out, args, vae, device)
+    if args.stage == "cache":
+        return
+    train_dit(args.out, args, vae, cache, device, build_video_tokenizer())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tiny offline model builders for tests and benchmarks."""

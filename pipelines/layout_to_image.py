@@ -1,0 +1,310 @@
+"""Layout-to-image with CSG (training-free layout constraints) on any Stable Diffusion 1.x/2.x/XL model.
+
+    pipe = LayoutToImagePipeline.from_pretrained("assets/shapes-sd")        # or .from_pipe(sd_pipe)
+    out = pipe("a red circle and a blue square", phrases=["red circle", "blue square"],
+               boxes=[(0.05, 0.1, 0.45, 0.5), (0.55, 0.5, 0.95, 0.9)], generator=torch.manual_seed(0))
+    out.images[0].save("layout.png")
+
+The denoising loop below reads top to bottom: for the first ``guided_steps`` steps, ``iterations``
+cond-only UNet forwards with autograd on the latent and a gradient step on the CSG loss; then the
+usual CFG step, during which the layout layers redistribute cross-attention into the boxes.
+``mode`` switches the two mechanisms: "full" | "guidance" | "redistribution" | "none".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import ImageDraw
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from attn_processors.core import Controller, apply
+from attn_processors.layout.losses import generator_perms, step_sizes
+from attn_processors.layout.masks import normalise_boxes
+from attn_processors.layout.technique import STORE, LayoutConfig, guidance_loss
+
+Mode = Literal[
+    "full",  # latent guidance + attention redistribution (CSG)
+    "guidance",  # latent guidance only
+    "redistribution",  # attention redistribution only
+    "none",  # plain Stable Diffusion (processors installed but inactive when boxes are given)
+]
+MODES = ("full", "guidance", "redistribution", "none")
+
+
+@dataclass
+class LayoutOutput(BaseOutput):
+    """images; per guided forward the (step, iteration, loss) triples; on request, each phrase's
+    cross-attention map (n, h, w) at the layout layers, cond branch, averaged over denoising steps."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    losses: list[tuple[int, int, float]]
+    attention_maps: torch.Tensor | None = None
+
+
+class LayoutToImagePipeline(DiffusionPipeline):
+    """Stable Diffusion (1.x/2.x, or XL with ``text_encoder_2``/``tokenizer_2``) with CSG layout control."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["text_encoder_2", "tokenizer_2"]
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: Any, text_encoder_2: Any = None,
+                 tokenizer_2: Any = None) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    # -- text ----------------------------------------------------------------------------------
+    def _encode(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 77, D) embeddings (and SDXL's pooled (B, D2)), as the stock pipelines compute them."""
+        if not self.is_xl:
+            tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt")
+            use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+            mask = tok.attention_mask.to(device) if use_mask else None
+            return self.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0], None
+        embeds, pooled = [], None
+        for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids
+            out = enc(ids.to(device), output_hidden_states=True)
+            pooled = out[0]  # the projected pooled output of text_encoder_2 (last one wins)
+            embeds.append(out.hidden_states[-2])  # SDXL uses the penultimate layer
+        return torch.cat(embeds, dim=-1), pooled
+
+    def layout_config(self, prompt: str, phrases: Sequence[str], boxes: Sequence[Sequence[float]], *,
+                      boxes_in_pixels: bool = False, image_hw: tuple[int, int] | None = None,
+                      **params: Any) -> LayoutConfig:
+        """LayoutConfig for this pipeline's tokenizer; pixel boxes need boxes_in_pixels=True + image_hw."""
+        if boxes_in_pixels:
+            if image_hw is None:
+                raise ValueError("boxes_in_pixels=True needs the image size image_hw=(height, width)")
+            boxes = normalise_boxes(boxes, image_hw)
+        return LayoutConfig.from_phrases(self.tokenizer, prompt, phrases, boxes, **params)
+
+    # -- the loop ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        boxes: Sequence[Sequence[float]] | None = None,
+        phrases: Sequence[str] | None = None,
+        *,
+        mode: Mode = "full",
+        layout: LayoutConfig | None = None,
+        layout_params: dict[str, Any] | None = None,
+        boxes_in_pixels: bool = False,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_attention_maps: bool = False,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+    ) -> LayoutOutput:
+        """Generate with the layout given by ``phrases`` + normalised xyxy ``boxes`` (or ``layout=``).
+
+        ``layout_params`` overrides LayoutConfig fields (e.g. {"scale_factor": 20.0, "n_background": 1}).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}; use one of {MODES}")
+        if not isinstance(prompt, str):
+            raise ValueError("prompt must be one string (a layout belongs to one prompt)")
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        device = self._execution_device
+        if layout is None and (boxes is not None or phrases is not None):
+            if boxes is None or phrases is None:
+                raise ValueError("give both boxes= and phrases= (one box per phrase)")
+            layout = self.layout_config(prompt, phrases, boxes, boxes_in_pixels=boxes_in_pixels,
+                                        image_hw=(height, width), **(layout_params or {}))
+        if layout is None and mode != "none":
+            raise ValueError(f"mode={mode!r} needs boxes= and phrases= (or layout=); "
+                             "use mode='none' without them")
+
+        # 1. text: CFG batch [uncond, cond], each repeated per image
+        n = num_images_per_prompt
+        cond, pooled = self._encode([prompt], device)
+        if self.is_xl and negative_prompt is None:
+            uncond, pooled_u = torch.zeros_like(cond), torch.zeros_like(pooled)  # SDXL's zero negative
+        else:
+            uncond, pooled_u = self._encode([negative_prompt or ""], device)
+        cond, uncond = cond.repeat_interleave(n, 0), uncond.repeat_interleave(n, 0)
+        do_cfg = guidance_scale > 1.0
+        embeds = torch.cat([uncond, cond]) if do_cfg else cond
+        added, added_cond = self._added_cond(pooled, pooled_u, n, height, width, do_cfg, cond.dtype, device)
+
+        # 2. timesteps, latents, step sizes
+        timesteps, _ = retrieve_timesteps(self.scheduler, num_inference_steps, device)
+        f = self.vae_scale_factor
+        shape = (n, self.unet.config.in_channels, height // f, width // f)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=cond.dtype)
+        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        step_kwargs = self._step_kwargs(generator, eta)
+        guide = layout is not None and mode in ("full", "guidance")
+        if layout is not None and mode in ("guidance", "none"):
+            layout = dataclasses.replace(layout, redistribute_last_step=-1)  # no redistribution
+        perms = generator_perms(self._sampling_generator(generator)) if guide else None
+        eta_i = step_sizes(len(timesteps), layout.scale_factor) if guide else None
+        losses: list[tuple[int, int, float]] = []
+
+        ctrl = Controller()
+        with apply(self.unet, layout, controller=ctrl) if layout is not None else contextlib.nullcontext():
+            store = ctrl.stores.get(STORE)
+            if store is not None:
+                store.keep_denoise_maps = return_attention_maps
+            ctrl.begin_run(len(timesteps), tuple(latents.shape[-2:]))
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                ctrl.begin_step(i, t)
+                # 3. CSG latent guidance: cond-only forwards, z <- z - eta_i * dL/dz
+                if guide and i < layout.guided_steps:
+                    ctrl.mode = "guide"
+                    ctrl.set_branch(("cond",))
+                    for it in range(layout.iterations):
+                        latents = latents.detach().requires_grad_(True)
+                        store.clear()
+                        with torch.enable_grad():
+                            z_in = self.scheduler.scale_model_input(latents, t)
+                            self.unet(z_in, t, encoder_hidden_states=cond, added_cond_kwargs=added_cond,
+                                      return_dict=False)
+                            loss, _ = guidance_loss(store, layout, perms)
+                            (grad,) = torch.autograd.grad(loss, latents)
+                        losses.append((i, it, float(loss)))
+                        latents = (latents - eta_i[i] * grad).detach()
+                    store.clear()
+                # 4. CFG step; layout layers redistribute cross-attention (steps <= redistribute_last_step)
+                ctrl.mode = "denoise"
+                ctrl.set_branch(("uncond", "cond") if do_cfg else ("cond",))
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                noise = self.unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                                  return_dict=False)[0]
+                if do_cfg:
+                    noise_u, noise_c = noise.chunk(2)
+                    noise = noise_u + guidance_scale * (noise_c - noise_u)
+                latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+            ctrl.end_run()
+            maps = self._maps(store, layout) if return_attention_maps and store is not None else None
+
+        images = self._decode(latents, output_type, generator)
+        self.maybe_free_model_hooks()
+        return LayoutOutput(images=images, losses=losses, attention_maps=maps)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _added_cond(self, pooled, pooled_u, n, height, width, do_cfg, dtype, device):
+        """SDXL micro-conditioning (denoise batch, cond-only batch); (None, None) for SD 1.x/2.x."""
+        if not self.is_xl:
+            return None, None
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)
+        time_ids = time_ids.repeat(n, 1)  # (n, 6): original size, crop (0, 0), target size
+        pooled, pooled_u = pooled.repeat_interleave(n, 0), pooled_u.repeat_interleave(n, 0)
+        cond = {"text_embeds": pooled, "time_ids": time_ids}
+        if not do_cfg:
+            return cond, cond
+        both = {"text_embeds": torch.cat([pooled_u, pooled]), "time_ids": torch.cat([time_ids, time_ids])}
+        return both, cond
+
+    def _step_kwargs(self, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kw: dict[str, Any] = {}
+        if "eta" in params:
+            kw["eta"] = eta
+        if "generator" in params:
+            kw["generator"] = generator
+        return kw
+
+    @staticmethod
+    def _sampling_generator(generator: torch.Generator | None) -> torch.Generator:
+        """Selective sampling's own CPU generator, seeded from the caller's (reproducible runs)."""
+        g = torch.Generator()
+        if generator is None:
+            g.seed()
+        else:
+            seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+            g.manual_seed(int(seed))
+        return g
+
+    @staticmethod
+    def _maps(store: Any, layout: LayoutConfig) -> torch.Tensor | None:
+        if store.denoise_maps is None or store.hw is None:
+            return None
+        avg = store.denoise_maps / store.denoise_calls  # (N, K)
+        cols = torch.stack([avg[:, list(g)].mean(-1) for g in layout.token_groups])  # (n, N)
+        return cols.reshape(len(layout.token_groups), *store.hw)
+
+    def _decode(self, latents: torch.Tensor, output_type: str, generator: Any) -> Any:
+        if output_type == "latent":
+            return latents
+        z = latents / self.vae.config.scaling_factor
+        image = self.vae.decode(z, return_dict=False, generator=generator)[0]
+        return self.image_processor.postprocess(image, output_type=output_type,
+                                                do_denormalize=[True] * image.shape[0])
+
+
+# -- demo panel ------------------------------------------------------------------------------------
+BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+
+
+def draw_boxes(image: PIL.Image.Image, boxes: Sequence[Sequence[float]], labels: Sequence[str] = (),
+               width: int = 2) -> PIL.Image.Image:
+    """A copy of ``image`` with normalised xyxy ``boxes`` outlined (and labelled)."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    for j, b in enumerate(boxes):
+        colour = BOX_COLOURS[j % len(BOX_COLOURS)]
+        draw.rectangle((b[0] * w, b[1] * h, b[2] * w - 1, b[3] * h - 1), outline=colour, width=width)
+        if j < len(labels):
+            draw.text((b[0] * w + 3, b[1] * h + 1), labels[j], fill=colour)
+    return out
+
+
+def layout_panel(pipe: LayoutToImagePipeline, prompt: str, phrases: Sequence[str],
+                 boxes: Sequence[Sequence[float]], *, seed: int = 0, mode: Mode = "full",
+                 num_inference_steps: int = 20, guidance_scale: float = 7.5, size: int = 256,
+                 layout_params: dict[str, Any] | None = None) -> PIL.Image.Image:
+    """Side-by-side panel: unguided (left) vs layout-controlled (right) from the same seed, boxes drawn.
+
+    Each image is upscaled to ``size`` px (nearest) so the small shapes model stays visible.
+    """
+    tiles = []
+    for m in ("none", mode):
+        out = pipe(prompt, boxes=boxes, phrases=phrases, mode=m, num_inference_steps=num_inference_steps,
+                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
+                   layout_params=layout_params)
+        img = out.images[0].resize((size, size), PIL.Image.NEAREST)
+        tiles.append(draw_boxes(img, boxes, phrases))
+    panel = PIL.Image.new("RGB", (2 * size + 8, size + 18), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for k, (tile, title) in enumerate(zip(tiles, ("unguided", f"CSG ({mode})"), strict=True)):
+        panel.paste(tile, (k * (size + 8), 18))
+        draw.text((k * (size + 8) + 4, 3), title, fill=(0, 0, 0))
+    return panel

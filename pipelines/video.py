@@ -1,0 +1,319 @@
+"""Text-to-video with Wan or CogVideoX pipelines under a chosen attention technique, and MP4 export.
+
+Why this module exists: the batch app, the demo and the tile-sparse benchmarks all need the same
+three verbs - load a video pipeline, generate one video with `attention="dense" | "tile_sparse" |
+"sage" | "tile_sparse+sage"`, write it as an MP4 a person can open - with the same validation and
+the same deterministic encoding.
+
+Example (runs offline; without the shipped model a tiny random-weights Wan is built and labelled):
+
+    >>> from pipelines.video import load_video_pipeline, generate_video, write_mp4
+    >>> model = load_video_pipeline()                      # assets/moving-shapes-wan if present
+    >>> out = generate_video(model.pipe, "a red circle moving right", num_frames=5, height=32,
+    ...                      width=32, num_inference_steps=2, seed=0, progress=False)
+    >>> out.frames.shape, out.frames.dtype
+    ((5, 32, 32, 3), dtype('uint8'))
+    >>> write_mp4(out.frames, "/tmp/video.mp4", fps=8)     # doctest: +ELLIPSIS
+    PosixPath('/tmp/video.mp4')
+
+Composition rule for `"tile_sparse+sage"`: the tile-sparse technique decides *which* key tiles each
+query tile attends to (the k:(F-k) mask); SageAttention decides *how* the kept tiles are computed
+(quantized QK^T and PV). Both fill the core's kernel slot, so they compose only where the tile-sparse
+config offers a quantized block-sparse kernel; otherwise this module raises ValueError naming the
+missing piece (never a silent dense or single-technique fallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Attention = Literal["dense", "tile_sparse", "sage", "tile_sparse+sage"]
+ATTENTION_CHOICES: tuple[str, ...] = ("dense", "tile_sparse", "sage", "tile_sparse+sage")
+Family = Literal["wan", "cogvideox"]
+# "standard": H.264 yuv420p CRF 18, plays everywhere (browsers, Gradio);
+# "lossless": H.264 RGB at QP 0 (libx264rgb), decodes to exactly the input frames (players vary).
+Quality = Literal["standard", "lossless"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "moving-shapes-wan"
+_UMASK = os.umask(0o022)  # read the process umask (the only portable way) and put it back
+os.umask(_UMASK)
+TINY_RANDOM_NAME = "tiny-wan (random weights, built from config; not a trained model)"
+
+
+@dataclass(frozen=True)
+class VideoModel:
+    """A loaded pipeline plus what outputs must say about it (sidecars label random weights)."""
+
+    pipe: Any  # a diffusers WanPipeline / CogVideoXPipeline
+    name: str  # local path, hub id, or TINY_RANDOM_NAME
+    family: Family
+    random_weights: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "random_weights": self.random_weights,
+                "pipeline": type(self.pipe).__name__}
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    seed: int | None
+    attention: str
+    timings: dict[str, float] = field(default_factory=dict)  # total_s, denoise_s, decode_s, steps
+
+
+def video_family(pipe: Any) -> Family:
+    """Family from the pipeline class; the only two families this wrapper validates inputs for."""
+    name = type(pipe).__name__
+    if name.startswith("Wan"):
+        return "wan"
+    if name.startswith("CogVideoX"):
+        return "cogvideox"
+    raise ValueError(f"{name} is not a Wan or CogVideoX pipeline; load e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
+                     "or THUDM/CogVideoX-2b (or a local copy) with load_video_pipeline().")
+
+
+def eval_all(pipe: Any) -> Any:
+    """Put every nn.Module component in eval mode: T5 dropout otherwise makes seeds non-reproducible."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def load_video_pipeline(model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> VideoModel:
+    """Load any Wan or CogVideoX pipeline by local path or hub id (`DiffusionPipeline.from_pretrained`).
+
+    `model=None` loads the shipped `assets/moving-shapes-wan`; when that folder is missing, a tiny Wan
+    with random weights is built from config (deterministically, seed 0) and labelled as such.
+    """
+    from diffusers import DiffusionPipeline
+
+    if model is None and not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        pipe, name, random_weights = build_tiny_wan(), TINY_RANDOM_NAME, True
+    else:
+        name = str(model if model is not None else DEFAULT_MODEL_DIR)
+        if Path(name).exists() and not (Path(name) / "model_index.json").is_file():
+            raise ValueError(f"{name} has no model_index.json; pass a folder written by "
+                             "pipe.save_pretrained() or a hub id.")
+        pipe, random_weights = DiffusionPipeline.from_pretrained(name, dtype=dtype), False
+    family = video_family(pipe)
+    pipe.to(device)
+    if random_weights and dtype != torch.float32:  # from_pretrained already loaded in `dtype`
+        pipe.to(dtype=dtype)
+    pipe = eval_all(pipe)
+    return VideoModel(pipe=pipe, name=name, family=family, random_weights=random_weights)
+
+
+def build_tiny_wan() -> Any:
+    """A tiny random-weights WanPipeline (~0.07 M params) from the core's offline builders."""
+    from attn_processors.testing.tiny import tiny_pipeline
+
+    with torch.random.fork_rng(devices=[]):  # seeded build (same weights in every process), RNG untouched
+        return tiny_pipeline("wan", seed=0)
+
+
+def check_request(pipe: Any, *, num_frames: int, height: int, width: int, num_inference_steps: int,
+                  guidance_scale: float) -> None:
+    """Reject sizes the pipeline would silently round (Wan rounds frames) or fail on deep inside."""
+    temporal = int(pipe.vae_scale_factor_temporal)
+    patch = pipe.transformer.config.patch_size
+    patch_hw = patch[1] if isinstance(patch, (tuple, list)) else patch
+    spatial = int(pipe.vae_scale_factor_spatial) * int(patch_hw)
+    if num_frames < 1 or (num_frames - 1) % temporal:
+        lower = max(1, (num_frames - 1) // temporal * temporal + 1)
+        raise ValueError(f"num_frames must be {temporal}k+1 for this model (got {num_frames}); "
+                         f"try {lower} or {lower + temporal}.")
+    for label, value in (("height", height), ("width", width)):
+        if value < spatial or value % spatial:
+            raise ValueError(f"{label} must be a positive multiple of {spatial} for this model "
+                             f"(VAE x{pipe.vae_scale_factor_spatial} times patch {patch_hw}); got {value}.")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
+    if not np.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (got {guidance_scale}).")
+
+
+def attention_config(attention: str, options: Mapping[str, Any] | None = None) -> Any | None:
+    """Technique config for `core.install.apply`, or None for dense (the stock processors)."""
+    options = dict(options or {})
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)} (got {attention!r}).")
+    if attention == "dense":
+        if options:
+            raise ValueError(f"attention='dense' takes no options (got {sorted(options)}).")
+        return None
+    if attention == "tile_sparse":
+        return _make_config("tile_sparse", "TileSparseConfig", options)
+    if attention == "sage":
+        return _make_config("sage", "SageConfig", options)
+    return _compose_tile_sparse_sage(options)
+
+
+def _make_config(module: str, cls_name: str, options: dict[str, Any]) -> Any:
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(f"attn_processors.{module}"), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"attention={module!r} is not available in this install: "
+                         f"attn_processors.{module}.{cls_name} could not be imported ({err}).") from err
+    try:
+        return cls(**options)
+    except TypeError as err:  # unknown option names: say which ones exist
+        raise ValueError(f"invalid {module} attention_options {sorted(options)}: {err}. "
+                         f"See attn_processors.{module}.{cls_name} for the accepted fields.") from err
+
+
+def _compose_tile_sparse_sage(options: dict[str, Any]) -> Any:
+    unknown = set(options) - {"tile_sparse", "sage"}
+    if unknown:
+        raise ValueError("attention='tile_sparse+sage' takes options {'tile_sparse': {...}, 'sage': {...}} "
+                         f"(got unknown keys {sorted(unknown)}).")
+    tile = _make_config("tile_sparse", "TileSparseConfig", dict(options.get("tile_sparse") or {}))
+    sage = _make_config("sage", "SageConfig", dict(options.get("sage") or {}))
+    compose = getattr(tile, "with_kernel", None)
+    if compose is None:
+        raise ValueError("attention='tile_sparse+sage' is unavailable: TileSparseConfig offers no quantized "
+                         "block-sparse kernel (with_kernel); use 'tile_sparse' or 'sage' alone.")
+    return compose(sage)
+
+
+def _install(pipe: Any, config: Any | None) -> contextlib.AbstractContextManager:
+    if config is None:
+        return contextlib.nullcontext()
+    try:
+        from attn_processors.core.install import apply
+    except ImportError as err:
+        raise ValueError(f"attention techniques need attn_processors.core.install.apply, which is not "
+                         f"available in this install ({err}); use attention='dense'.") from err
+    return apply(pipe, config)
+
+
+def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None, num_frames: int = 5,
+                   height: int = 32, width: int = 32, num_inference_steps: int = 4,
+                   guidance_scale: float = 5.0, seed: int | None = None,
+                   generator: torch.Generator | None = None, attention: Attention = "dense",
+                   attention_options: Mapping[str, Any] | None = None,
+                   progress: bool | Mapping[str, Any] = True) -> VideoResult:
+    """One video as uint8 frames [F, H, W, 3] under the chosen attention technique.
+
+    `seed` builds a CPU generator (same noise on every device); pass `generator` instead to own it.
+    `progress`: True shows the pipeline's tqdm bar over steps, False hides it, a mapping passes tqdm
+    options (e.g. `{"position": 1, "desc": "rank 0 steps"}` for per-rank bars).
+    """
+    family = video_family(pipe)
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed or generator, not both.")
+    check_request(pipe, num_frames=num_frames, height=height, width=width,
+                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    config = attention_config(attention, attention_options)
+    if seed is not None:
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+    bar = dict(progress) if isinstance(progress, Mapping) else {"disable": progress is False}
+    pipe.set_progress_bar_config(**bar)
+
+    step_ends: list[float] = []
+
+    def on_step_end(_pipe: Any, _i: int, _t: Any, _kwargs: dict) -> dict:
+        step_ends.append(time.perf_counter())
+        return {}
+
+    extra = {"negative_prompt": negative_prompt} if negative_prompt else {}
+    if family == "cogvideox":
+        extra["use_dynamic_cfg"] = False
+    start = time.perf_counter()
+    with _install(pipe, config):
+        out = pipe(prompt=prompt, num_frames=num_frames, height=height, width=width,
+                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   generator=generator, output_type="np", callback_on_step_end=on_step_end, **extra)
+    end = time.perf_counter()
+    video = np.asarray(out.frames[0])  # float [F, H, W, 3] in [0, 1]
+    frames = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    last = step_ends[-1] if step_ends else end
+    timings = {"total_s": end - start, "denoise_s": last - start, "decode_s": end - last,
+               "steps": float(len(step_ends))}
+    return VideoResult(frames=frames, seed=seed, attention=attention, timings=timings)
+
+
+def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 8, *,
+              quality: Quality = "standard") -> Path:
+    """Write uint8 frames [F, H, W, 3] as H.264 MP4 through PyAV, atomically and deterministically.
+
+    Deterministic: one encoder thread and bit-exact muxing, so the same frames give the same bytes
+    (and the same decoded frames) in every process. Atomic: a hidden `.partial` temp file in the same
+    folder, fsync, then rename; a crash never leaves a half-written file under the final name.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be uint8 [F, H, W, 3], F >= 1 (got {frames.dtype} {frames.shape}).")
+    _, h, w, _ = frames.shape
+    if quality == "standard" and (h % 2 or w % 2):
+        raise ValueError(f"quality='standard' (yuv420p) needs even height and width (got {h}x{w}); "
+                         "use quality='lossless' or an even size.")
+    if quality not in ("standard", "lossless"):
+        raise ValueError(f"quality must be 'standard' or 'lossless' (got {quality!r}).")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0 (got {fps}).")
+    if quality == "standard":
+        codec, pix_fmt, opts = "libx264", "yuv420p", {"crf": "18", "preset": "medium", "threads": "1"}
+    else:
+        codec, pix_fmt, opts = "libx264rgb", "rgb24", {"qp": "0", "threads": "1"}
+    path = Path(path)
+
+    def encode(tmp: Path) -> None:
+        with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=opts)
+            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+            stream.codec_context.flags |= av.codec.context.Flags.bitexact
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+
+    return atomic_write(path, encode)
+
+
+def atomic_write(path: Path, write: Any) -> Path:
+    """Call `write(tmp_path)`, fsync, rename to `path`, fsync the folder; remove the temp on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any new file
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_mp4(path: str | os.PathLike) -> np.ndarray:
+    """Decode every frame with PyAV as uint8 [F, H, W, 3] (RGB)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
