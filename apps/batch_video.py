@@ -18,10 +18,11 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import fcntl
+import functools
 import hashlib
-import io
 import json
 import os
 import platform
@@ -296,8 +297,8 @@ class Plan:
     error: str | None = None
 
 
-def make_plan(args: argparse.Namespace, model_name: str) -> Plan:
-    jobs = read_jobs(args.jobs, cli_defaults(args))
+def make_plan(args: argparse.Namespace, jobs: list[Job], model_name: str) -> Plan:
+    """Status of every job from the output folder; what this run must generate."""
     out = Path(args.output)
     exists = out.is_dir()
     statuses = {j.index: job_status(out, j, model_name, args.verify) if exists else "pending" for j in jobs}
@@ -328,15 +329,16 @@ def cli_defaults(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- running jobs (every rank)
 
 
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     import accelerate
-    import av
     import diffusers
+    import imageio_ffmpeg
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "accelerate": accelerate.__version__, "av": av.__version__,
-            "torch_threads": str(torch.get_num_threads())}
+            "diffusers": diffusers.__version__, "accelerate": accelerate.__version__,
+            "ffmpeg": imageio_ffmpeg.get_ffmpeg_version(), "torch_threads": str(torch.get_num_threads())}
 
 
 def run_job(model: Any, job: Job, out: Path, *, rank: int, world: int, quality: str,
@@ -424,8 +426,8 @@ def _log(rank: int, msg: str) -> None:
 def _model_name(args: argparse.Namespace) -> str:
     from pipelines.video import DEFAULT_MODEL_DIR, TINY_RANDOM_NAME
 
-    if args.model is not None:
-        return str(args.model)
+    if args.model is not None:  # a local folder by its absolute path, so resuming from elsewhere matches
+        return str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
     return str(DEFAULT_MODEL_DIR) if (DEFAULT_MODEL_DIR / "model_index.json").is_file() else TINY_RANDOM_NAME
 
 
@@ -439,51 +441,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cpu=True is required on CPU-only machines: without it torchrun ranks each see world=1 and all
     # render every job (diffusers-integration brief section 13)
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=args.timeout_hours))
-    rank = state.process_index
-    out, model_name = Path(args.output), _model_name(args)
-    run_lock = None
-    plan: Plan | None = None
-    if state.is_main_process:
-        try:
-            run_lock = None if args.dry_run else _take_run_lock(out)
-            plan = make_plan(args, model_name)
-            if run_lock is not None:
-                removed = remove_partials(out)
-                if removed:
-                    _log(rank, f"removed {removed} partial file(s) left by an interrupted run")
-                redo = {j.index for j in plan.pending}  # their lines are appended when they finish
-                rewrite_manifest(out, plan.jobs, {i: s for i, s in plan.statuses.items() if i not in redo})
-        except (ValueError, OSError) as err:  # bad input, conflicting or busy folder: stop before any work
-            plan = Plan(jobs=[], statuses={}, pending=[], error=str(err))
-    plan = broadcast_object_list([plan], from_process=0)[0]
-    if plan.error:
+    out = Path(args.output)
+    with contextlib.ExitStack() as held:  # rank 0's run lock, released when the run ends
+        plan = _prepare(args, out, held) if state.is_main_process else None
+        plan = broadcast_object_list([plan], from_process=0)[0]  # one plan, decided once
+        if plan.error:
+            if state.is_main_process:
+                print(f"error: {plan.error}", file=sys.stderr)
+            return 2
+        with state.split_between_processes(plan.pending) as mine:  # contiguous shards by global index
+            mine = list(mine)
+        if args.dry_run:
+            return _print_plan(state, plan, mine, gather_object)
+        stats = _run_shard(args, state, mine, out)
+        all_stats = gather_object([stats])  # also a barrier: every rank has finished its shard
         if state.is_main_process:
-            print(f"error: {plan.error}", file=sys.stderr)
-        return 2
-    with state.split_between_processes(plan.pending) as mine:
-        mine = list(mine)
-    if args.dry_run:
-        return _print_plan(state, plan, mine, gather_object)
-    stats = _run_shard(args, state, mine, out)
-    all_stats = gather_object([stats])
-    state.wait_for_everyone()
-    if state.is_main_process:
-        summary = _summarize(args, plan, all_stats, out)
-        print(json.dumps(summary, sort_keys=True))
-        run_lock.close()
-    code = 1 if sum(s["failed"] for s in all_stats) else 0
-    return code
+            print(json.dumps(_summarize(args, plan, all_stats, out), sort_keys=True), flush=True)
+        state.wait_for_everyone()  # nobody exits (and makes a launcher stop the others) before the summary
+    return 1 if sum(s["failed"] for s in all_stats) else 0
 
 
-def _take_run_lock(out: Path) -> io.TextIOWrapper:
-    out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".run.lock", "w")  # noqa: SIM115 - held open until the run ends
+def _prepare(args: argparse.Namespace, out: Path, held: contextlib.ExitStack) -> Plan:
+    """Rank 0: read the jobs, lock the folder, plan, clean up after a crash; errors become plan.error."""
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        lock.close()
-        raise ValueError(f"another batch run is using {out}; wait for it or choose another --output") from err
-    return lock
+        jobs = read_jobs(args.jobs, cli_defaults(args))  # a malformed line stops here, nothing written
+        if args.dry_run:
+            return make_plan(args, jobs, _model_name(args))
+        held.enter_context(run_lock(out))
+        plan = make_plan(args, jobs, _model_name(args))
+        removed = remove_partials(out)
+        if removed:
+            _log(0, f"removed {removed} partial file(s) left by an interrupted run")
+        redo = {j.index for j in plan.pending}  # their lines are appended when they finish
+        rewrite_manifest(out, plan.jobs, {i: s for i, s in plan.statuses.items() if i not in redo})
+        return plan
+    except (ValueError, OSError) as err:  # bad input, conflicting or busy folder: stop before any work
+        return Plan(jobs=[], statuses={}, pending=[], error=str(err))
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """One run per output folder: an exclusive, non-blocking flock held by rank 0."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".run.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise ValueError(f"another batch run is using {out}; wait or use another --output") from err
+        yield
 
 
 def _run_shard(args: argparse.Namespace, state: Any, mine: list[Job], out: Path) -> dict[str, Any]:
@@ -500,7 +505,7 @@ def _run_shard(args: argparse.Namespace, state: Any, mine: list[Job], out: Path)
     auto = torch.bfloat16 if state.device.type == "cuda" else torch.float32
     dtype = {"auto": auto, "float32": torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16}[args.dtype]
-    model = load_video_pipeline(args.model, device=state.device, dtype=dtype)
+    model = load_video_pipeline(_model_name(args) if args.model else None, device=state.device, dtype=dtype)
     stats["load_s"] = time.perf_counter() - start
     steps_bar: dict | bool = (False if args.no_progress else
                               {"position": 2 * local + 1, "desc": f"rank {rank} steps", "leave": False})

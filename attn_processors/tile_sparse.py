@@ -22,15 +22,24 @@ Example::
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from attn_processors.core import blockmask
+from attn_processors.core.controller import Controller
+from attn_processors.core.install import apply
+from attn_processors.core.kernels import warn_once
+from attn_processors.core.processor import CallInfo, ControlledProcessor
+from attn_processors.core.registry import register_technique
+from attn_processors.core.sites import Select, Site
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,7 @@ Method = Literal[
     "flex",  # compiled flex_attention + analytic BlockMask
     "gather",  # exact: one SDPA per distinct kept-key set, keys gathered (no compiler, no S^2 mask)
     "sdpa_masked",  # reference: SDPA with the dense [S, S] bool mask
+    "dense",  # plain SDPA, no mask (what auto picks when every tile is kept)
 ]
 
 MIN_FLEX_SEQ_LEN = 2048  # below this a first compile (seconds) never pays back; masked SDPA is cheap
@@ -73,6 +83,8 @@ class VideoGeometry:
                 f"text_tokens={self.text_tokens} needs text_position 'first' or 'last' "
                 "(use text_tokens=0 with text_position='none')"
             )
+        if self.text_tokens == 0:  # one canonical form per layout (equality, mask cache keys)
+            object.__setattr__(self, "text_position", "none")
 
     @classmethod
     def from_latent(
@@ -110,7 +122,9 @@ class VideoGeometry:
         return torch.cat([text, video] if self.text_position == "first" else [video, text])
 
 
-def global_frame_indices(frames: int, k_global: int, global_frames: GlobalFrames = "first") -> tuple[int, ...]:
+def global_frame_indices(
+    frames: int, k_global: int, global_frames: GlobalFrames = "first"
+) -> tuple[int, ...]:
     """The k global reference frames G. "first": 0..k-1; "uniform": floor(i F / k); or an explicit list."""
     if not 0 <= k_global <= frames:
         raise ValueError(f"k_global must be in [0, frames={frames}], got {k_global}")
@@ -119,7 +133,9 @@ def global_frame_indices(frames: int, k_global: int, global_frames: GlobalFrames
             return tuple(range(k_global))
         if global_frames == "uniform":
             return tuple(i * frames // k_global for i in range(k_global))
-        raise ValueError(f"global_frames must be 'first', 'uniform' or a list of frame indices, got {global_frames!r}")
+        raise ValueError(
+            f"global_frames must be 'first', 'uniform' or a list of frame indices, got {global_frames!r}"
+        )
     chosen = tuple(int(i) for i in global_frames)
     if len(chosen) != k_global or len(set(chosen)) != k_global or not all(0 <= i < frames for i in chosen):
         raise ValueError(
@@ -142,7 +158,7 @@ def kept_tile_fraction(frames: int, k_global: int) -> float:
     return (2 * k * f - k * k + f - k) / (f * f)
 
 
-def _group_keep(geometry: VideoGeometry, k_global: int, global_frames: GlobalFrames) -> torch.Tensor:
+def group_keep(geometry: VideoGeometry, k_global: int, global_frames: GlobalFrames) -> torch.Tensor:
     """[F+1, F+1] keep matrix over groups; the last group is text and is kept in both directions."""
     keep = torch.ones(geometry.frames + 1, geometry.frames + 1, dtype=torch.bool)
     keep[: geometry.frames, : geometry.frames] = tile_keep(geometry.frames, k_global, global_frames)
@@ -155,7 +171,7 @@ def tile_mask(
 ) -> torch.BoolTensor:
     """Dense reference mask [S, S], True = attend. S = frames * tokens_per_frame + text_tokens."""
     geometry = VideoGeometry(frames, tokens_per_frame, text_tokens, text_position)
-    return blockmask.dense_group_mask(geometry.groups(), _group_keep(geometry, k_global, global_frames))
+    return blockmask.dense_group_mask(geometry.groups(), group_keep(geometry, k_global, global_frames))
 
 
 def _frames_key(global_frames: GlobalFrames) -> str | tuple[int, ...]:
@@ -164,8 +180,8 @@ def _frames_key(global_frames: GlobalFrames) -> str | tuple[int, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _cached_block_mask(geometry: VideoGeometry, k_global: int, frames_key, block_size: int, device: str):
-    groups = geometry.groups(device)
-    return blockmask.group_block_mask(groups, _group_keep(geometry, k_global, frames_key).to(device), block_size)
+    keep = group_keep(geometry, k_global, frames_key).to(device)
+    return blockmask.group_block_mask(geometry.groups(device), keep, block_size)
 
 
 def tile_block_mask(
@@ -174,7 +190,8 @@ def tile_block_mask(
 ):
     """The flex BlockMask of the k:(F-k) mask, built from frame spans and cached per geometry and device."""
     global_frame_indices(geometry.frames, k_global, global_frames)  # validate before caching
-    return _cached_block_mask(geometry, k_global, _frames_key(global_frames), block_size, str(torch.device(device)))
+    device = str(torch.device(device))
+    return _cached_block_mask(geometry, k_global, _frames_key(global_frames), block_size, device)
 
 
 _flex_failed: set[str] = set()
@@ -219,7 +236,9 @@ def attend(
 ) -> torch.Tensor:
     """``tile_sparse_attention`` with a prepared geometry (what the processors call)."""
     if q.dim() != 4 or k.shape != q.shape[:3] + k.shape[3:] or v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"q, k, v must be [B, H, S, D] with equal B, H, S; got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError(
+            f"q, k, v must be [B, H, S, D] with equal B, H, S; got {q.shape}, {k.shape}, {v.shape}"
+        )
     geometry.check_seq_len(q.shape[2])
     if method == "auto":
         method, _ = dispatch(geometry, k_global, global_frames, device=q.device, block_size=block_size,
@@ -237,12 +256,13 @@ def attend(
             logger.warning("compiled flex attention failed on %s (%s); using gathered SDPA", q.device, exc)
             method = "gather"
     groups = geometry.groups(q.device)
-    keep = _group_keep(geometry, k_global, global_frames).to(q.device)
+    keep = group_keep(geometry, k_global, global_frames).to(q.device)
     if method == "gather":
         return blockmask.gather_attend(q, k, v, groups, keep, scale=scale)
     if method == "sdpa_masked":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=blockmask.dense_group_mask(groups, keep), scale=scale)
-    raise ValueError(f"method must be one of 'auto', 'flex', 'gather', 'sdpa_masked', 'dense'; got {method!r}")
+        mask = blockmask.dense_group_mask(groups, keep)  # [S, S]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    raise ValueError(f"method must be 'auto', 'flex', 'gather', 'sdpa_masked' or 'dense'; got {method!r}")
 
 
 def tile_recall(
@@ -259,5 +279,221 @@ def tile_recall(
     geometry.check_seq_len(q.shape[2])
     groups = geometry.groups(q.device)
     mass = blockmask.group_mass(q, k, groups, geometry.frames + 1, scale=scale)  # [B, H, S, F+1]
-    keep_rows = _group_keep(geometry, k_global, global_frames).to(q.device)[groups]  # [S, F+1]
+    keep_rows = group_keep(geometry, k_global, global_frames).to(q.device)[groups]  # [S, F+1]
     return (mass * keep_rows).sum(-1)
+
+
+# -- Diffusers processors ------------------------------------------------------------------------
+def default_k(frames: int) -> int:
+    """k without a calibrated plan: round(sqrt(F)) - 1, at least 1 (2 for F = 8, 4 for F = 24; brief §4)."""
+    return max(1, round(math.sqrt(frames)) - 1)
+
+
+@dataclass(frozen=True)
+class TileSparseConfig:
+    """Tile-sparse self-attention for video DiTs (Wan attn1, CogVideoX joint text-first attention).
+
+    Constructible from a JSON dict of options: ``TileSparseConfig(**{"k": 2, "global_frames": [0, 4]})``.
+    """
+
+    k: int | str | Mapping[str, int] = "auto"  # int: every layer; {layer name: k}; "auto": default_k(F)
+    plan: str | None = None  # calibrated plan JSON (calibrate(...).save(path)); wins for the layers it names
+    global_frames: str | tuple[int, ...] = "first"  # "first" | "uniform" | explicit frame indices
+    dense_steps: float = 0.2  # the first fraction of denoising steps runs dense (warm-up)
+    dense_blocks: int = 2  # transformer blocks 0 .. dense_blocks-1 stay dense
+    block_size: int = blockmask.DEFAULT_BLOCK_SIZE  # flex BlockMask tile (tokens)
+    min_block_sparsity: float = 0.25  # below this flex does not pay: an exact SDPA path instead
+    method: str = "auto"  # "auto" | "flex" | "gather" | "sdpa_masked" (see Method)
+    layers: Select = Select(kinds=("self", "joint"), families=("wan", "cogvideox"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.global_frames, list | tuple):
+            object.__setattr__(self, "global_frames", tuple(int(i) for i in self.global_frames))
+        elif self.global_frames not in ("first", "uniform"):
+            raise ValueError(f"global_frames must be 'first', 'uniform' or a list of frame indices, "
+                             f"got {self.global_frames!r}")
+        if isinstance(self.k, str) and self.k != "auto":
+            raise ValueError(f"k must be an int >= 0, 'auto' or a {{layer name: k}} mapping, got {self.k!r}")
+        ks = self.k.values() if isinstance(self.k, Mapping) else [self.k] if isinstance(self.k, int) else []
+        if any(not isinstance(k, int) or k < 0 for k in ks):
+            raise ValueError(f"k values must be ints >= 0, got {self.k!r}")
+        if not 0.0 <= self.dense_steps <= 1.0 or self.dense_blocks < 0:
+            raise ValueError(f"dense_steps must be a fraction in [0, 1] and dense_blocks >= 0, "
+                             f"got {self.dense_steps} and {self.dense_blocks}")
+        if self.block_size < 16 or self.block_size % 16:
+            raise ValueError(f"block_size must be a positive multiple of 16, got {self.block_size}")
+        if not 0.0 <= self.min_block_sparsity < 1.0:
+            raise ValueError(f"min_block_sparsity must be in [0, 1), got {self.min_block_sparsity}")
+        if self.method not in ("auto", "flex", "gather", "sdpa_masked"):
+            raise ValueError(f"method must be 'auto', 'flex', 'gather' or 'sdpa_masked', got {self.method!r}")
+
+
+def call_geometry(call: CallInfo) -> VideoGeometry | None:
+    """Frames, tokens per frame and text layout of a self/joint attention call; None if unknown."""
+    if call.grid is None or call.q_len != call.kv_len:
+        return None
+    text = call.text_len if call.text_pos in ("first", "last") else 0
+    geometry = VideoGeometry(call.frames, call.tokens_per_frame, text, call.text_pos if text else "none")
+    if geometry.seq_len != call.q_len:
+        warn_once(f"tile_sparse:geometry:{call.site.name}:{call.q_len}",
+                  f"{call.site.name}: {call.q_len} tokens do not match the video grid {call.grid} + "
+                  f"{text} text tokens; this layer runs dense.")
+        return None
+    return geometry
+
+
+class TileSparseProcessor(ControlledProcessor):
+    """Runs the k:(F-k) kernel on self/joint attention calls outside the dense warm-up; stock otherwise."""
+
+    def __init__(self, site: Site, controller: Controller, config: TileSparseConfig, k: int | None) -> None:
+        super().__init__(site, controller)
+        self.config, self.k = config, k  # k None: default_k(frames) at call time
+
+    def k_for(self, frames: int) -> int:
+        return min(default_k(frames) if self.k is None else self.k, frames)
+
+    def dense_step(self, call: CallInfo) -> bool:
+        n = call.controller.num_steps
+        warm = 0 if n is None else math.floor(self.config.dense_steps * n + 1e-6)  # warm-up steps
+        return call.step is not None and call.step < warm
+
+    def wants(self, call: CallInfo) -> bool:
+        if self.site.block < self.config.dense_blocks or self.dense_step(call):
+            return False
+        geometry = call_geometry(call)
+        return geometry is not None and self.k_for(geometry.frames) < geometry.frames
+
+    def kernel(self, call: CallInfo):
+        geometry = call_geometry(call)
+        k_global, cfg = self.k_for(geometry.frames), self.config
+
+        def tile_attend(q, k, v, *, mask=None, scale=None):
+            if mask is not None:  # a padding mask (not used by Wan/CogVideoX self-attention): fold it in
+                warn_once(f"tile_sparse:mask:{self.site.name}", f"{self.site.name}: attention mask present; "
+                          "tile-sparse runs as masked SDPA on this layer")
+                tiles = tile_mask(geometry.frames, geometry.tokens_per_frame, k_global,
+                                  global_frames=cfg.global_frames, text_tokens=geometry.text_tokens,
+                                  text_position=geometry.text_position).to(q.device)
+                mask = tiles & mask if mask.dtype == torch.bool else mask.masked_fill(~tiles, float("-inf"))
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            return attend(q, k, v, geometry, k_global, cfg.global_frames, scale=scale, method=cfg.method,
+                          block_size=cfg.block_size, min_block_sparsity=cfg.min_block_sparsity)
+
+        return tile_attend
+
+
+def _layer_k(config: TileSparseConfig, plan: TilePlan | None, name: str) -> int | None:
+    if plan is not None and name in plan.k:
+        return plan.k[name]
+    if isinstance(config.k, Mapping):
+        return config.k.get(name)
+    return config.k if isinstance(config.k, int) else None
+
+
+@register_technique(TileSparseConfig)
+def _install(config: TileSparseConfig, sites: Sequence[Site], controller: Controller) -> dict:
+    plan = TilePlan.load(config.plan) if config.plan else None
+    return {s.name: TileSparseProcessor(s, controller, config, _layer_k(config, plan, s.name)) for s in sites}
+
+
+# -- calibration: a training-free stand-in for the paper's per-layer mask search (Algorithm 1) ------
+@dataclass(frozen=True)
+class TilePlan:
+    """Per-layer k chosen by calibration, with the measured mean recall of every k tried."""
+
+    k: dict[str, int]  # layer name -> chosen k
+    recall: dict[str, dict[int, float]]  # layer name -> {k: mean recall over prompts, steps, heads, rows}
+    frames: int
+    target_recall: float
+    global_frames: str | tuple[int, ...] = "first"
+
+    def save(self, path: str | Path) -> None:
+        data = {"format": "tile_sparse_plan/v1", **asdict(self),
+                "recall": {n: {str(k): r for k, r in rs.items()} for n, rs in self.recall.items()}}
+        Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TilePlan:
+        if not Path(path).is_file():
+            raise ValueError(f"tile-sparse plan {path} not found; make one with calibrate(...).save(path)")
+        data = json.loads(Path(path).read_text())
+        if data.pop("format", None) != "tile_sparse_plan/v1":
+            raise ValueError(f"{path} is not a tile_sparse_plan/v1 JSON file")
+        gf = data["global_frames"]
+        return cls(k={n: int(k) for n, k in data["k"].items()},
+                   recall={n: {int(k): float(r) for k, r in rs.items()} for n, rs in data["recall"].items()},
+                   frames=int(data["frames"]), target_recall=float(data["target_recall"]),
+                   global_frames=gf if isinstance(gf, str) else tuple(gf))
+
+
+def select_k(recall_by_k: Mapping[int, float], target_recall: float, frames: int) -> int:
+    """The sparsest k (fewest global frames) whose mean recall reaches the target; F (dense) if none."""
+    passing = [k for k, r in recall_by_k.items() if r >= target_recall and k < frames]
+    return min(passing) if passing else frames
+
+
+@dataclass(frozen=True)
+class TileRecallProbe:
+    """Install-only config for `calibrate`: record the recall of each k per layer; output stays dense."""
+
+    ks: tuple[int, ...] = ()  # empty: 0 .. F-1
+    global_frames: str | tuple[int, ...] = "first"
+    max_rows: int = 512  # query rows sampled per call (evenly spaced) for the dense probabilities
+    layers: Select = Select(kinds=("self", "joint"), families=("wan", "cogvideox"))
+
+
+class _RecallProcessor(ControlledProcessor):
+    """Dense output; records per k the summed recall (tile_recall) and row count in controller.stores."""
+
+    def __init__(self, site: Site, controller: Controller, probe: TileRecallProbe) -> None:
+        super().__init__(site, controller)
+        self.probe = probe
+
+    def wants(self, call: CallInfo) -> bool:
+        return call_geometry(call) is not None
+
+    def kernel(self, call: CallInfo):
+        geometry, probe = call_geometry(call), self.probe
+        sums = call.controller.stores.setdefault("tile_recall", {}).setdefault(self.site.name, {})
+
+        def record_then_sdpa(q, k, v, *, mask=None, scale=None):
+            n_rows = min(probe.max_rows, q.shape[2])
+            rows = torch.linspace(0, q.shape[2] - 1, n_rows, device=q.device).long()  # evenly spaced
+            groups = geometry.groups(q.device)
+            mass = blockmask.group_mass(q[:, :, rows], k, groups, geometry.frames + 1, scale=scale)  # B,H,R,G
+            for k_global in probe.ks or range(geometry.frames + 1):
+                if k_global <= geometry.frames:
+                    keep = group_keep(geometry, k_global, probe.global_frames).to(q.device)[groups[rows]]
+                    total, count = sums.get(k_global, (0.0, 0))
+                    sums[k_global] = (total + float((mass * keep).sum()), count + mass[..., 0].numel())
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+        return record_then_sdpa
+
+
+@register_technique(TileRecallProbe)
+def _install_probe(config: TileRecallProbe, sites: Sequence[Site], controller: Controller) -> dict:
+    return {s.name: _RecallProcessor(s, controller, config) for s in sites}
+
+
+def calibrate(
+    pipe, prompts: Sequence[str], *, target_recall: float = 0.9, global_frames: GlobalFrames = "first",
+    ks: Sequence[int] = (), max_rows: int = 512, layers: Select | None = None, **pipe_kwargs,
+) -> TilePlan:
+    """Run `pipe` densely on `prompts`, measure per layer the recall of each k, pick the sparsest k
+    with mean recall >= target_recall (``select_k``). pipe_kwargs go to every ``pipe(prompt, ...)``."""
+    if not prompts:
+        raise ValueError("calibrate needs at least one prompt")
+    gf = global_frames if isinstance(global_frames, str) else tuple(global_frames)
+    probe = TileRecallProbe(tuple(ks), gf, max_rows, **({"layers": layers} if layers is not None else {}))
+    with apply(pipe, probe) as ctrl:
+        for prompt in prompts:
+            pipe(prompt, **pipe_kwargs)
+        frames = ctrl.grid[0] if ctrl.grid is not None else None
+    sums = ctrl.stores.get("tile_recall", {})
+    if frames is None or not sums:
+        raise ValueError("calibration saw no video self-attention call; is this a Wan or CogVideoX pipeline?")
+    recall = {name: {k: total / count for k, (total, count) in sorted(by_k.items())}
+              for name, by_k in sums.items()}
+    chosen = {name: select_k(r, target_recall, frames) for name, r in recall.items()}
+    return TilePlan(chosen, recall, frames, target_recall, gf)

@@ -34,7 +34,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from attn_processors.core import Controller, apply
 from attn_processors.layout.losses import generator_perms, step_sizes
 from attn_processors.layout.masks import normalise_boxes
-from attn_processors.layout.technique import STORE, LayoutConfig, guidance_loss
+from attn_processors.layout.technique import STORE, GuidanceForwardDone, LayoutConfig, guidance_loss
 
 Mode = Literal[
     "full",  # latent guidance + attention redistribution (CSG)
@@ -189,10 +189,11 @@ class LayoutToImagePipeline(DiffusionPipeline):
                     for it in range(layout.iterations):
                         latents = latents.detach().requires_grad_(True)
                         store.clear()
-                        with torch.enable_grad():
+                        with torch.enable_grad(), contextlib.suppress(GuidanceForwardDone):
                             z_in = self.scheduler.scale_model_input(latents, t)
                             self.unet(z_in, t, encoder_hidden_states=cond, added_cond_kwargs=added_cond,
-                                      return_dict=False)
+                                      return_dict=False)  # records the loss layers' maps, then stops
+                        with torch.enable_grad():
                             loss, _ = guidance_loss(store, layout, perms)
                             (grad,) = torch.autograd.grad(loss, latents)
                         losses.append((i, it, float(loss)))

@@ -18,20 +18,21 @@ Example (runs offline; without the shipped model a tiny random-weights Wan is bu
 
 Composition rule for `"tile_sparse+sage"`: the tile-sparse technique decides *which* key tiles each
 query tile attends to (the k:(F-k) mask); SageAttention decides *how* the kept tiles are computed
-(quantized QK^T and PV). Both fill the core's kernel slot, so they compose only where the tile-sparse
-config offers a quantized block-sparse kernel; otherwise this module raises ValueError naming the
-missing piece (never a silent dense or single-technique fallback).
+(quantized QK^T and PV). Both fill the core's kernel slot and the core refuses two kernel choices on
+one layer, so they compose as one kernel: `TileSparseConfig(kernel=SageConfig(...))`, the Sage kernel
+run on each query group's kept keys. Where TileSparseConfig has no `kernel` field this raises
+ValueError naming the missing piece (never a silent dense or single-technique fallback).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -185,11 +186,12 @@ def _compose_tile_sparse_sage(options: dict[str, Any]) -> Any:
                          f"(got unknown keys {sorted(unknown)}).")
     tile = _make_config("tile_sparse", "TileSparseConfig", dict(options.get("tile_sparse") or {}))
     sage = _make_config("sage", "SageConfig", dict(options.get("sage") or {}))
-    compose = getattr(tile, "with_kernel", None)
-    if compose is None:
-        raise ValueError("attention='tile_sparse+sage' is unavailable: TileSparseConfig offers no quantized "
-                         "block-sparse kernel (with_kernel); use 'tile_sparse' or 'sage' alone.")
-    return compose(sage)
+    # the tile mask picks the kept keys, the Sage kernel computes attention over them: one kernel,
+    # so the tile-sparse config must accept the quantized kernel (the core refuses two kernel choices)
+    if "kernel" in {f.name for f in dataclasses.fields(tile)}:
+        return dataclasses.replace(tile, kernel=sage)
+    raise ValueError("attention='tile_sparse+sage' is unavailable in this install: TileSparseConfig has no "
+                     "`kernel` field to take a SageConfig; use 'tile_sparse' or 'sage' alone.")
 
 
 def _install(pipe: Any, config: Any | None) -> contextlib.AbstractContextManager:
@@ -233,8 +235,8 @@ def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None
         return {}
 
     extra = {"negative_prompt": negative_prompt} if negative_prompt else {}
-    if family == "cogvideox":
-        extra["use_dynamic_cfg"] = False
+    if family == "cogvideox":  # its positional table fixes the text length (226 for the released models)
+        extra.update(use_dynamic_cfg=False, max_sequence_length=pipe.transformer.config.max_text_seq_length)
     start = time.perf_counter()
     with _install(pipe, config):
         out = pipe(prompt=prompt, num_frames=num_frames, height=height, width=width,
@@ -251,41 +253,45 @@ def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 8, *,
               quality: Quality = "standard") -> Path:
-    """Write uint8 frames [F, H, W, 3] as H.264 MP4 through PyAV, atomically and deterministically.
+    """Write uint8 frames [F, H, W, 3] as H.264 MP4 via imageio-ffmpeg, atomically and deterministically.
 
-    Deterministic: one encoder thread and bit-exact muxing, so the same frames give the same bytes
-    (and the same decoded frames) in every process. Atomic: a hidden `.partial` temp file in the same
-    folder, fsync, then rename; a crash never leaves a half-written file under the final name.
+    Deterministic: a fresh ffmpeg process per video, one encoder thread, bit-exact flags and no
+    metadata, so the same frames give the same bytes in every process. (In-process PyAV/libx264 gave
+    two different bitstreams for identical frames in 20 encodes once torch had dirtied the heap; the
+    subprocess gave one.) Atomic: a hidden `.partial` temp file in the same folder, fsync, rename.
     """
-    import av
+    import imageio_ffmpeg
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], F >= 1 (got {frames.dtype} {frames.shape}).")
     _, h, w, _ = frames.shape
+    if quality not in ("standard", "lossless"):
+        raise ValueError(f"quality must be 'standard' or 'lossless' (got {quality!r}).")
     if quality == "standard" and (h % 2 or w % 2):
         raise ValueError(f"quality='standard' (yuv420p) needs even height and width (got {h}x{w}); "
                          "use quality='lossless' or an even size.")
-    if quality not in ("standard", "lossless"):
-        raise ValueError(f"quality must be 'standard' or 'lossless' (got {quality!r}).")
     if not fps > 0:
         raise ValueError(f"fps must be > 0 (got {fps}).")
     if quality == "standard":
-        codec, pix_fmt, opts = "libx264", "yuv420p", {"crf": "18", "preset": "medium", "threads": "1"}
+        codec, pix_fmt, rate = "libx264", "yuv420p", ["-crf", "18", "-preset", "medium"]
     else:
-        codec, pix_fmt, opts = "libx264rgb", "rgb24", {"qp": "0", "threads": "1"}
-    path = Path(path)
+        codec, pix_fmt, rate = "libx264rgb", "rgb24", ["-qp", "0", "-preset", "medium"]
+    params = [*rate, "-threads", "1", "-fflags", "+bitexact", "-flags", "+bitexact", "-map_metadata", "-1",
+              "-movflags", "+faststart", "-f", "mp4"]
 
     def encode(tmp: Path) -> None:
-        with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=opts)
-            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-            stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (w, h), fps=float(fps), codec=codec, pix_fmt_in="rgb24", pix_fmt_out=pix_fmt,
+            quality=None, macro_block_size=1, ffmpeg_log_level="error", output_params=params)
+        writer.send(None)  # start ffmpeg
+        try:
             for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            writer.close()
 
-    return atomic_write(path, encode)
+    return atomic_write(Path(path), encode)
 
 
 def atomic_write(path: Path, write: Any) -> Path:

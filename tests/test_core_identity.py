@@ -7,10 +7,11 @@ from attn_processors import Passthrough, apply
 from attn_processors.core import ControlledProcessor, build_sites
 from attn_processors.testing.tiny import denoiser_inputs, tiny_denoiser
 
-FAMILIES = ["sd15", "sdxl", "cogvideox", "wan", "wan_i2v", "flux"]
+FAMILIES = ["sd15", "sdxl", "sd3", "cogvideox", "wan", "wan_i2v", "flux"]
 EXPECTED_FAMILY = {
     "sd15": "unet",
     "sdxl": "unet",
+    "sd3": "sd3",
     "cogvideox": "cogvideox",
     "wan": "wan",
     "wan_i2v": "wan",

@@ -17,9 +17,12 @@ def sd15_meta():
 
 
 def test_sd15_512px_up_blocks_1_self_attention_at_16x16(sd15_meta):
-    chosen = select(sd15_meta, Select(names=("up_blocks.1.*",), kinds=("self",), resolutions=(16,)),
-                    latent_hw=(64, 64))
-    assert [s.name for s in chosen] == [f"up_blocks.1.attentions.{j}.transformer_blocks.0.attn1" for j in range(3)]
+    chosen = select(
+        sd15_meta, Select(names=("up_blocks.1.*",), kinds=("self",), resolutions=(16,)), latent_hw=(64, 64)
+    )
+    assert [s.name for s in chosen] == [
+        f"up_blocks.1.attentions.{j}.transformer_blocks.0.attn1" for j in range(3)
+    ]
     assert all(s.resolution((64, 64)) == (16, 16) and s.place == "up" and s.block == 1 for s in chosen)
 
 
@@ -28,16 +31,27 @@ def test_sd15_512px_nine_decoder_self_attention_layers(sd15_meta):
     res = [s.resolution((64, 64))[0] for s in chosen]
     assert len(chosen) == 9 and sorted(res) == [16] * 3 + [32] * 3 + [64] * 3
     # the same layers by resolution alone
-    assert select(sd15_meta, Select(places=("up",), kinds=("self",), resolutions=(16, 32, 64)),
-                  latent_hw=(64, 64)) == chosen
+    assert (
+        select(
+            sd15_meta, Select(places=("up",), kinds=("self",), resolutions=(16, 32, 64)), latent_hw=(64, 64)
+        )
+        == chosen
+    )
 
 
 def test_sd15_resolution_map_and_counts(sd15_meta):
     sites = build_sites(sd15_meta)
     assert len(sites) == 32 and sum(s.kind == "cross" for s in sites) == 16
     by_block = {(s.place, s.block): s.resolution((64, 64)) for s in sites}
-    assert by_block == {("down", 0): (64, 64), ("down", 1): (32, 32), ("down", 2): (16, 16), ("mid", 0): (8, 8),
-                        ("up", 1): (16, 16), ("up", 2): (32, 32), ("up", 3): (64, 64)}
+    assert by_block == {
+        ("down", 0): (64, 64),
+        ("down", 1): (32, 32),
+        ("down", 2): (16, 16),
+        ("mid", 0): (8, 8),
+        ("up", 1): (16, 16),
+        ("up", 2): (32, 32),
+        ("up", 3): (64, 64),
+    }
 
 
 def test_non_square_latent_resolution(sd15_meta):
@@ -49,8 +63,15 @@ def test_non_square_latent_resolution(sd15_meta):
     assert chosen[0].resolution((63, 65)) == (16, 17)
 
 
-@pytest.mark.parametrize("name,count,family", [("sdxl", 140, "unet"), ("wan2.1-1.3b", 60, "wan"),
-                                               ("cogvideox-2b", 30, "cogvideox"), ("flux-dev", 57, "flux")])
+@pytest.mark.parametrize(
+    "name,count,family",
+    [
+        ("sdxl", 140, "unet"),
+        ("wan2.1-1.3b", 60, "wan"),
+        ("cogvideox-2b", 30, "cogvideox"),
+        ("flux-dev", 57, "flux"),
+    ],
+)
 def test_real_size_counts_match_stock(name, count, family):
     with torch.device("meta"):
         model = real_denoiser(name)

@@ -246,3 +246,18 @@ def test_phrase_errors_name_the_problem():
         phrase_token_indices(tok, ", ".join(["a red circle"] * 6), ["red circle"])
     with pytest.raises(ValueError, match="reuses"):
         phrase_token_indices(tok, "a red circle", ["red circle", "circle"])
+
+
+def test_layout_config_json_roundtrip_and_validation():
+    from attn_processors.core import config_from_json, config_to_json
+    from attn_processors.layout import LayoutConfig
+
+    cfg = LayoutConfig(boxes=((0.1, 0.2, 0.5, 0.6), (0.0, 0.5, 1.0, 1.0)), token_groups=((2, 3), (6,)),
+                       phrases=("red circle", "grass"), n_background=1, scale_factor=20.0, res_factor=2)
+    assert config_from_json(config_to_json(cfg)) == cfg
+    masks = cfg.masks((4, 4))
+    assert masks[1].reshape(4, 4)[2:].sum() == 8 - masks[0].reshape(4, 4)[2:].sum()  # bg minus fg
+    with pytest.raises(ValueError, match="2 boxes for 1 phrases"):
+        LayoutConfig(boxes=cfg.boxes, token_groups=((2,),))
+    with pytest.raises(ValueError, match="outside"):
+        LayoutConfig(boxes=((0.0, 0.0, 1.5, 1.0),), token_groups=((2,),))

@@ -28,7 +28,8 @@ def tiny_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     tok = build_tokenizer()
     unet = UNet2DConditionModel(block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, sample_size=16)
+                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+                                sample_size=16)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                         num_hidden_layers=2, num_attention_heads=4,
                                         max_position_embeddings=tok.model_max_length,
@@ -161,6 +162,10 @@ def test_guidance_reduces_the_loss_and_is_reproducible(pipes):
     c = ours(PROMPT, generator=torch.Generator().manual_seed(6), **kw)
     assert torch.equal(a.images, b.images) and a.losses == b.losses
     assert not torch.equal(a.images, c.images)
+    # stopping guidance forwards after the last loss layer changes neither loss nor gradient
+    kw["layout_params"] = {**kw["layout_params"], "early_exit": False}
+    d = ours(PROMPT, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.allclose(a.images, d.images, atol=1e-6) and a.losses == d.losses
 
 
 def test_attention_maps_and_panel(pipes):
@@ -213,7 +218,7 @@ def test_sdxl_identity_and_layout_run():
     stock.set_progress_bar_config(disable=True)
     ours = LayoutToImagePipeline.from_pipe(stock)
     ours.set_progress_bar_config(disable=True)
-    kw = dict(num_inference_steps=2, height=64, width=64, output_type="np")
+    kw = dict(num_inference_steps=2, height=64, width=64, guidance_scale=5.0, output_type="np")
     ref = stock(PROMPT, generator=torch.Generator().manual_seed(1), **kw).images
     off = ours(PROMPT, boxes=BOXES, phrases=PHRASES, mode="none", generator=torch.Generator().manual_seed(1),
                **kw).images
@@ -222,3 +227,48 @@ def test_sdxl_identity_and_layout_run():
     out = ours(PROMPT, boxes=BOXES, phrases=PHRASES, mode="full", generator=torch.Generator().manual_seed(1),
                layout_params=dict(guided_steps=1, iterations=1), **kw)
     assert len(out.losses) == 1 and abs(out.images - ref).max() > 0
+
+
+def test_real_architectures_pick_the_reference_layers():
+    """SD 1.x at full size (meta device, no weights): redistribution on the 16x16-at-512px cross layers
+    (down_blocks.2 x2, up_blocks.1 x3), losses on up_blocks.1 self+cross, as the official code.
+    SDXL: its latent/4 level (32x32 at 1024 px) incl. the mid block; losses on up_blocks.0."""
+    from attn_processors.layout.technique import _install_layout
+
+    with torch.device("meta"):
+        sd = UNet2DConditionModel(cross_attention_dim=768)
+        xl = UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816, use_linear_projection=True)
+    cfg = LayoutConfig(boxes=((0.0, 0.0, 0.5, 0.5),), token_groups=((2,),))
+    expected = {
+        sd: ({"down_blocks.2.attentions.0", "down_blocks.2.attentions.1"}, {"up_blocks.1.attentions.0",
+             "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"}, 8),
+        xl: ({"down_blocks.2.attentions.0", "down_blocks.2.attentions.1", "mid_block.attentions.0"},
+             {"up_blocks.0.attentions.0", "up_blocks.0.attentions.1", "up_blocks.0.attentions.2"}, 90),
+    }
+    for model, (redist_only, loss, count) in expected.items():
+        sites = build_sites(model)
+        assert layout_factor(sites, None) == 4
+        procs = _install_layout(cfg, sites, Controller())
+        blocks = {n.split(".transformer_blocks")[0]: p.is_loss_layer for n, p in procs.items()}
+        assert {b for b, is_loss in blocks.items() if not is_loss} == redist_only
+        assert {b for b, is_loss in blocks.items() if is_loss} == loss and len(procs) == count
+
+
+def test_stock_pipeline_with_apply_equals_redistribution_mode(pipes):
+    """`with apply(stock_pipe, LayoutConfig)` (controller driven by the stock loop) redistributes exactly
+    as our pipeline's mode="redistribution"."""
+    stock, ours = pipes
+    cfg = ours.layout_config(PROMPT, PHRASES, BOXES)
+    kw = dict(num_inference_steps=3, guidance_scale=7.5, output_type="np")
+    with apply(stock, cfg):
+        a = stock(PROMPT, generator=torch.Generator().manual_seed(2), **kw).images
+    b = ours(PROMPT, layout=cfg, mode="redistribution", generator=torch.Generator().manual_seed(2),
+             **kw).images
+    plain = stock(PROMPT, generator=torch.Generator().manual_seed(2), **kw).images
+    assert abs(a - b).max() <= 1e-6 and abs(a - plain).max() > 1e-4

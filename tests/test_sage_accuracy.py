@@ -46,7 +46,7 @@ def test_paper4bit_smoothing_beats_smooth_k_only(real_a):
 
 
 def test_int4_granularity_order_with_token_scale():
-    """Real-like-B: per-token <= per-thread <= per-warp <= per-block (1% slack); per-thread <= 0.6x per-block."""
+    """Real-like-B: per-token <= per-thread <= per-warp <= per-block (1% slack); thread <= 0.6x block."""
     q, k, v = real_like(1, 2, N, 64, token_scale_sigma=0.7, seed=2)
     ref = attention_fp64(q, k, v)
     err = {g: accuracy(simulate(q, k, v, spec_for("paper4bit", smooth_q=False, qk_gran=g)), ref)["rel_l1"]

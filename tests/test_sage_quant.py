@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from attn_processors.sage import sageattn, simulate, spec_for
 from attn_processors.sage import dispatch as sage_dispatch
+from attn_processors.sage import sageattn, simulate, spec_for
 from attn_processors.sage.quant import (
     ARCH_PRESETS,
     k_group_index,

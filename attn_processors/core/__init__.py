@@ -7,10 +7,16 @@ from .kernels import Attend, KernelChoice, KernelSpec, dispatch, explicit_attent
 from .processor import CallInfo, ComposedProcessor, ControlledProcessor, compose
 from .registry import config_from_json, config_to_json, register_json_type, register_technique
 from .sites import Select, Site, build_sites, select
+from .store import AttentionStore, StoreConfig, TokenMaps, attention_maps, render_token_heatmaps
 
 __all__ = [
     "FAMILIES",
     "Attend",
+    "AttentionStore",
+    "StoreConfig",
+    "TokenMaps",
+    "attention_maps",
+    "render_token_heatmaps",
     "CallInfo",
     "ComposedProcessor",
     "ControlledProcessor",

@@ -169,7 +169,13 @@ def flex_attend(
 def dense_group_mask(groups: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The element-wise reference: BoolTensor [S, S], mask[i, j] = keep[groups[i], groups[j]]."""
     keep = keep.to(device=groups.device, dtype=torch.bool)
-    return keep[groups[:, None], groups[None, :]]
+    mask = torch.empty(groups.numel(), groups.numel(), dtype=torch.bool, device=groups.device)
+    runs, lengths = torch.unique_consecutive(groups, return_counts=True)  # one broadcast row copy per span
+    start = 0
+    for g, n in zip(runs.tolist(), lengths.tolist(), strict=True):
+        mask[start : start + n] = keep[g][groups]
+        start += n
+    return mask
 
 
 def gather_attend(

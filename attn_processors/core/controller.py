@@ -29,6 +29,7 @@ import torch
 from .kernels import warn_once
 
 Tensor = torch.Tensor
+_MISSING = object()
 
 
 class Controller:
@@ -113,7 +114,7 @@ class _StockDriver:
         if not self.denoisers:
             raise ValueError(f"{type(pipe).__name__} has no unet/transformer/transformer_2 to attach to.")
         self.handles: list[Any] = []
-        self.patched: list[tuple[Any, str]] = []
+        self.patched: list[tuple[Any, str, Any]] = []  # (object, attribute, previous instance value)
         self.pending_run = False
         self.steps_done = 0  # scheduler.step calls since set_timesteps
         self.announced = -1
@@ -131,12 +132,16 @@ class _StockDriver:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        for obj, name in reversed(self.patched):
-            obj.__dict__.pop(name, None)  # back to the class method
+        for obj, name, previous in reversed(self.patched):
+            if previous is _MISSING:
+                obj.__dict__.pop(name, None)  # back to the class method
+            else:
+                setattr(obj, name, previous)  # an outer attach's wrapper (nested apply)
         self.handles, self.patched = [], []
 
     def _patch(self, obj: Any, name: str, after: Any) -> None:
         original = getattr(obj, name)
+        previous = obj.__dict__.get(name, _MISSING)
 
         @functools.wraps(original)  # keeps the signature: retrieve_timesteps inspects set_timesteps
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -145,7 +150,7 @@ class _StockDriver:
             return out
 
         setattr(obj, name, wrapped)
-        self.patched.append((obj, name))
+        self.patched.append((obj, name, previous))
 
     def _after_set_timesteps(self, out: Any, args: tuple, kwargs: dict) -> None:
         self.ctrl.end_run()

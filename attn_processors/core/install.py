@@ -128,7 +128,9 @@ def apply(
                         _geometry_hook(ctrl, hw if uses_res else None), with_kwargs=True
                     ).remove
                 )
+                current = m.attn_processors
                 for name, proc in plan.items():
+                    _inherit_backend(proc, current[f"{name}.processor"])
                     m.get_submodule(name).set_processor(proc)
             if controller is None and not isinstance(target, torch.nn.Module):
                 stack.enter_context(ctrl.attach(target))
@@ -136,6 +138,15 @@ def apply(
         finally:
             for m, procs in saved:
                 m.set_attn_processor(dict(procs))  # the exact previous objects; it pops, so a fresh dict
+
+
+def _inherit_backend(proc: Any, prev: Any) -> None:
+    """Keep the attention backend / context-parallel config the replaced processor was given
+    (model.set_attention_backend, enable_parallelism), so installing a technique never drops them."""
+    for attr in ("_attention_backend", "_parallel_config"):
+        value = getattr(prev, attr, None)
+        if value is not None and getattr(proc, attr, None) is None:
+            setattr(proc, attr, value)
 
 
 def _geometry_hook(ctrl: Controller, selected_hw: tuple[int, int] | None) -> Callable[..., None]:

@@ -180,7 +180,7 @@ class ControlledProcessor:
         cross = encoder_hidden_states is not None
         forced = self.path == "explicit"
         if not forced and not self.wants(call):
-            return p.finish(self._with_added(self._fast(p.q, p.k, p.v, p.mask, cross), p, None, cross))
+            return p.finish(self._with_added(self._fast(p.q, p.k, p.v, p.mask, cross), p, None))
         if self._parallel_config is not None:
             raise ValueError(
                 f"{type(self).__name__} on {self.site.name}: context parallelism only reaches the "
@@ -201,7 +201,7 @@ class ControlledProcessor:
             out = kern(q, k, v, mask=p.mask, scale=None)
         else:
             out = self._fast(q, k, v, p.mask, cross)
-        return p.finish(self._with_added(out, p, kern, cross, q=q))
+        return p.finish(self._with_added(out, p, kern, q=q))
 
     def _fast(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cross: bool, parallel: bool = True
@@ -223,9 +223,7 @@ class ControlledProcessor:
         )
         return out.transpose(1, 2)
 
-    def _with_added(
-        self, out: Tensor, p: Projected, kern: Attend | None, cross: bool, q: Tensor | None = None
-    ) -> Tensor:
+    def _with_added(self, out: Tensor, p: Projected, kern: Attend | None, q: Tensor | None = None) -> Tensor:
         """Wan I2V: attention of the queries over the image K/V, added to the text attention output."""
         if p.added_kv is None:
             return out
@@ -242,19 +240,12 @@ class ControlledProcessor:
             hw = self.site.resolution(ctrl.latent_hw)
             if hw[0] * hw[1] != nq:
                 hw = None  # latent size announced for another model/size: do not guess
+        text_len, text_pos, grid = p.text_len, p.text_pos, ctrl.grid
+        if self.site.place == "single" and grid is not None and nq > grid[0] * grid[1] * grid[2]:
+            # Flux single-stream blocks get [text, image] already concatenated: text = the rest
+            text_len, text_pos = nq - grid[0] * grid[1] * grid[2], "first"
         return CallInfo(
-            self.site,
-            ctrl,
-            b,
-            h,
-            d,
-            nq,
-            p.k.shape[2],
-            p.text_len,
-            p.text_pos,
-            ctrl.row_labels(b),
-            hw,
-            ctrl.grid,
+            self.site, ctrl, b, h, d, nq, p.k.shape[2], text_len, text_pos, ctrl.row_labels(b), hw, grid
         )
 
     def __repr__(self) -> str:

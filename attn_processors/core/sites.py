@@ -191,7 +191,7 @@ def select(
     else:
         chosen = [s for s in sites if where(s)]
     if not chosen:
-        few = ", ".join(s.name for s in sites[:3] + sites[-2:]) if sites else "(none)"
+        few = ", ".join(dict.fromkeys(s.name for s in sites[:3] + sites[-2:])) or "(none)"
         res = {s.resolution(latent_hw) for s in sites} if latent_hw else set()
         raise ValueError(
             f"selector {where!r} matches none of the {len(sites)} attention layers; "

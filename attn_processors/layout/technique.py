@@ -67,6 +67,7 @@ class LayoutConfig:
     redistribute_last_step: int = 25  # redistribution on steps i <= this (inclusive, as the reference)
     redistribute_uncond: bool = True  # reference: both CFG halves; False: cond rows only
     on_empty: str = "repair"  # OnEmpty: "repair" | "error" for boxes smaller than a grid cell
+    early_exit: bool = True  # stop guidance forwards after the last loss layer (same loss and gradient)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "boxes", tuple(validate_boxes(self.boxes)))
@@ -140,9 +141,23 @@ class LayoutStore:
     denoise_maps: torch.Tensor | None = None  # running sum [N, K] of cond-row head means
     denoise_calls: int = 0
     keep_denoise_maps: bool = False
+    loss_layers: int = 0  # how many loss layers record per guidance forward
+    early_exit: bool = True
 
     def clear(self) -> None:
         self.cross, self.self_ = [], []
+
+    def record(self, kind: str, probs: torch.Tensor, hw: tuple[int, int]) -> None:
+        """Keep a loss layer's probabilities; after the last one, end the forward (nothing later
+        in the network changes the loss, so skipping it changes neither the loss nor its gradient)."""
+        (self.cross if kind == "cross" else self.self_).append(probs)
+        self.hw = hw
+        if self.early_exit and len(self.cross) + len(self.self_) >= self.loss_layers:
+            raise GuidanceForwardDone
+
+
+class GuidanceForwardDone(Exception):
+    """Raised by the last loss layer of a guidance forward; the pipeline catches it."""
 
 
 class LayoutProcessor(ControlledProcessor):
@@ -176,8 +191,7 @@ class LayoutProcessor(ControlledProcessor):
     def edit_probs(self, probs: torch.Tensor, call: CallInfo) -> torch.Tensor:  # [B, H, Nq, Nk] fp32
         assert call.hw is not None
         if call.mode == "guide":
-            (self.store.cross if self.site.kind == "cross" else self.store.self_).append(probs)
-            self.store.hw = call.hw
+            self.store.record(self.site.kind, probs, call.hw)
             return probs
         step = call.step
         if step is not None and step <= self.config.redistribute_last_step:
@@ -207,13 +221,17 @@ class LayoutProcessor(ControlledProcessor):
 @register_technique(LayoutConfig)
 def _install_layout(config: LayoutConfig, sites: Sequence[Site], ctrl: Controller) -> Mapping[str, Any]:
     factor = layout_factor(sites, config.res_factor)
-    ctrl.stores[STORE] = LayoutStore()
+    store = ctrl.stores[STORE] = LayoutStore(early_exit=config.early_exit)
     chosen = [s for s in sites if s.res_factor == factor and s.place in ("down", "mid", "up")]
     out = {}
     for s in chosen:
         is_loss = s.place in config.loss_places and s.kind in ("self", "cross")
         if s.kind == "cross" or is_loss:
             out[s.name] = LayoutProcessor(s, ctrl, config, is_loss)
+            store.loss_layers += is_loss
+    if not store.loss_layers:
+        raise ValueError(f"no {config.loss_places} attention layers at latent / {factor}; set loss_places "
+                         "or res_factor")
     return out
 
 

@@ -112,12 +112,11 @@ def detect(image: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Detection]:
         mask = labels == ci
         if mask.sum() < min_pixels:
             continue
-        mask = open_mask(mask)
-        if mask.sum() < min_pixels:
-            continue
-        comp = largest_component(mask)
+        comp = largest_component(open_mask(mask))
         if comp.sum() < min_pixels:
             continue
+        for _ in range(2):  # give back the rim and the triangle's apex the opening took
+            comp = _dilate(comp) & mask
         shape, iou, (x0, y0, x1, y1) = classify_shape(comp)
         found.append(Detection(colour, shape, (x0 / w, y0 / h, x1 / w, y1 / h), int(comp.sum()), iou))
     return found

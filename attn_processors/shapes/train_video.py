@@ -96,7 +96,8 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
         full = step >= int(args.vae_steps * 0.8)  # last 20 %: whole 64x64 frames, 9 frames (two chunks)
         x = vae_batch(rng, args.vae_batch // 4 if full else args.vae_batch, 9 if full else 5,
                       vm.SIZE if full else 32).to(device)
-        lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
+        cosine = 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))
+        lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * cosine)
         for g in opt.param_groups:
             g["lr"] = lr
         post = vae.encode(x).latent_dist
@@ -160,14 +161,18 @@ def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) 
         save_atomic(cache, path)
         log(run, {"stage": "cache", "clips": done, "sec": round(time.time() - t0, 1)})
     mean = torch.cat(cache["mean"]).float()
+    std = torch.cat(cache["std"]).float()
     if "latents_mean" not in cache:
-        # per-channel statistics over clips, frames and pixels: (C,)
-        cache["latents_mean"] = mean.mean(dim=(0, 2, 3, 4)).tolist()
-        cache["latents_std"] = mean.std(dim=(0, 2, 3, 4)).tolist()
+        # per-channel statistics of sampled latents z = mu + sigma * eps (what training sees) over
+        # clips, frames and pixels: (C,)
+        z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed))
+        cache["latents_mean"] = z.mean(dim=(0, 2, 3, 4)).tolist()
+        cache["latents_std"] = z.std(dim=(0, 2, 3, 4)).tolist()
         save_atomic(cache, path)
-        log(run, {"stage": "cache", "latents_mean": cache["latents_mean"], "latents_std": cache["latents_std"]})
+        log(run, {"stage": "cache", "latents_mean": cache["latents_mean"],
+                  "latents_std": cache["latents_std"]})
     vae.register_to_config(latents_mean=cache["latents_mean"], latents_std=cache["latents_std"])
-    return {"mean": mean, "std": torch.cat(cache["std"]).float(), "captions": cache["captions"],
+    return {"mean": mean, "std": std, "captions": cache["captions"],
             "latents_mean": torch.tensor(cache["latents_mean"]).view(1, -1, 1, 1, 1),
             "latents_std": torch.tensor(cache["latents_std"]).view(1, -1, 1, 1, 1)}
 
@@ -224,14 +229,15 @@ def install_padded_cross_attn(transformer) -> PaddedCrossAttnProcessor:
 
 
 def flow_sigmas(batch: int, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise levels s in (0, 1) drawn like the sampler visits them: u ~ U(0,1), s = shift u / (1 + (shift-1) u)."""
+    """Noise levels s in (0, 1) drawn like the shifted sampler visits them:
+    u ~ U(0, 1), s = shift u / (1 + (shift - 1) u)."""
     u = torch.rand(batch, generator=generator).clamp(1e-3, 1 - 1e-3)
     return shift * u / (1 + (shift - 1) * u)
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
             pe.lerp_(pm, 1 - decay)
 
 

@@ -15,7 +15,12 @@ import numpy as np
 from attn_processors.shapes.vocab import COLOUR_RGB, COLOURS, DIRECTIONS, SHAPES, caption, object_phrase
 
 # Unit displacement per direction in (x, y) image coordinates (y grows downwards).
-DIRECTION_VECTORS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+DIRECTION_VECTORS: dict[str, tuple[int, int]] = {
+    "left": (-1, 0),
+    "right": (1, 0),
+    "up": (0, -1),
+    "down": (0, 1),
+}
 SUPERSAMPLE = 4
 
 
@@ -69,21 +74,24 @@ def shape_mask(shape: str, box: np.ndarray, size: int) -> np.ndarray:
     return inside.reshape(size, s, size, s).mean(axis=(1, 3), dtype=np.float32)
 
 
-def render_frames(objects: list[MovingObject], background: np.ndarray, size: int, rgb: list[np.ndarray]) -> np.ndarray:
+def render_frames(
+    objects: list[MovingObject], background: np.ndarray, size: int, rgb: list[np.ndarray]
+) -> np.ndarray:
     """Composite the objects (later ones on top) over ``background`` for every frame -> (T,H,W,3) uint8."""
     num_frames = objects[0].boxes.shape[0]
     out = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         img = np.broadcast_to(background, (size, size, 3)).astype(np.float32)
-        for obj, colour in zip(objects, rgb):
+        for obj, colour in zip(objects, rgb, strict=True):
             a = shape_mask(obj.shape, obj.boxes[t], size)[..., None]
             img = img * (1 - a) + colour[None, None, :] * a
         out[t] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return out
 
 
-def _trajectory(rng: np.random.Generator, direction: str, num_frames: int, size: int, side: float,
-                speed: float) -> np.ndarray:
+def _trajectory(
+    rng: np.random.Generator, direction: str, num_frames: int, size: int, side: float, speed: float
+) -> np.ndarray:
     """Boxes (T, 4) of a ``side``-px object moving at ``speed`` px/frame, fully inside the canvas."""
     dx, dy = DIRECTION_VECTORS[direction]
     travel = speed * (num_frames - 1)
@@ -105,9 +113,17 @@ def _separated(a: np.ndarray, b: np.ndarray, gap: float) -> bool:
     return bool(np.all(apart_x | apart_y))
 
 
-def sample_video(rng: np.random.Generator, num_objects: int | None = None, num_frames: int = 17, size: int = 64,
-                 side_range: tuple[float, float] = (14.0, 22.0), speed_range: tuple[float, float] = (1.0, 1.6),
-                 colour: str | None = None, shape: str | None = None, direction: str | None = None) -> VideoSample:
+def sample_video(
+    rng: np.random.Generator,
+    num_objects: int | None = None,
+    num_frames: int = 17,
+    size: int = 64,
+    side_range: tuple[float, float] = (14.0, 22.0),
+    speed_range: tuple[float, float] = (1.0, 1.6),
+    colour: str | None = None,
+    shape: str | None = None,
+    direction: str | None = None,
+) -> VideoSample:
     """Draw one random clip; ``colour``/``shape``/``direction`` pin the first object (for evaluation)."""
     if num_objects is None:
         num_objects = 1 if rng.random() < 0.6 else 2
@@ -115,8 +131,11 @@ def sample_video(rng: np.random.Generator, num_objects: int | None = None, num_f
         raise ValueError(f"num_objects must be 1 or 2, got {num_objects}")
     if num_frames < 2 or size < 32:
         raise ValueError(f"need num_frames >= 2 and size >= 32, got {num_frames}, {size}")
-    for name, value, allowed in (("colour", colour, COLOURS), ("shape", shape, SHAPES),
-                                 ("direction", direction, DIRECTIONS)):
+    for name, value, allowed in (
+        ("colour", colour, COLOURS),
+        ("shape", shape, SHAPES),
+        ("direction", direction, DIRECTIONS),
+    ):
         if value is not None and value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; use one of {allowed}")
     # scale the motion range with the canvas so a 64-px, 17-frame clip travels ~17-26 px
@@ -133,15 +152,19 @@ def sample_video(rng: np.random.Generator, num_objects: int | None = None, num_f
             di = direction if (i == 0 and direction is not None) else str(rng.choice(DIRECTIONS))
             side = float(rng.uniform(*side_range)) * size / 64.0
             speed = float(rng.uniform(*speed_range)) * scale
-            objects.append(MovingObject(str(colours[i]), sh, di, _trajectory(rng, di, num_frames, size, side, speed)))
+            objects.append(
+                MovingObject(str(colours[i]), sh, di, _trajectory(rng, di, num_frames, size, side, speed))
+            )
         if num_objects == 1 or _separated(objects[0].boxes, objects[1].boxes, gap=2.0):
             break
     else:  # pragma: no cover - 100 failed placements is practically impossible at 64 px
         raise RuntimeError("could not place non-overlapping objects")
     # light grey with a small per-channel tint
     background = (rng.uniform(195, 245) + rng.uniform(-6, 6, size=3)).astype(np.float32)
-    rgb = [np.clip(np.array(COLOUR_RGB[o.colour], np.float32) + rng.uniform(-15, 15, size=3), 0, 255)
-           for o in objects]
+    rgb = [
+        np.clip(np.array(COLOUR_RGB[o.colour], np.float32) + rng.uniform(-15, 15, size=3), 0, 255)
+        for o in objects
+    ]
     frames = render_frames(objects, background, size, rgb)
     return VideoSample(frames=frames, caption=caption([o.phrase for o in objects]), objects=objects)
 

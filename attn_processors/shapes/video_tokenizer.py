@@ -62,8 +62,10 @@ def check_prompt(text: str, strict: bool = False) -> list[str]:
     """
     unknown = unknown_words(text)
     if unknown:
-        msg = (f"prompt {text!r} contains words outside the moving-shapes vocabulary: {unknown}; "
-               f"the model only knows {sorted(set(WORDS))}")
+        msg = (
+            f"prompt {text!r} contains words outside the moving-shapes vocabulary: {unknown}; "
+            f"the model only knows {sorted(set(WORDS))}"
+        )
         if strict:
             raise ValueError(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)

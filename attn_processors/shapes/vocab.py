@@ -50,3 +50,33 @@ def caption(phrases: list[str]) -> str:
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def parse_caption(text: str) -> list[tuple[str, str]]:
+    """Inverse of ``caption`` for image captions: the (colour, shape) of each object phrase.
+
+    >>> parse_caption("a red circle, a blue square and a yellow triangle")
+    [('red', 'circle'), ('blue', 'square'), ('yellow', 'triangle')]
+    """
+    words = text.replace(",", " , ").split()
+    objects: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        if objects:
+            sep = words[i]
+            if sep not in (",", "and"):
+                raise ValueError(f"expected ',' or 'and' before word {i} of {text!r}, got {sep!r}")
+            i += 1
+        phrase = words[i : i + 3]
+        if len(phrase) != 3 or phrase[0] != "a" or phrase[1] not in COLOURS or phrase[2] not in SHAPES:
+            raise ValueError(
+                f"{text!r} is not a shapes caption; write e.g. 'a red circle and a blue square' "
+                f"(colours {COLOURS}, shapes {SHAPES})"
+            )
+        objects.append((phrase[1], phrase[2]))
+        i += 3
+    if not objects:
+        raise ValueError("empty caption; write e.g. 'a red circle'")
+    if caption([f"a {c} {s}" for c, s in objects]) != " ".join(text.split()).replace(" ,", ","):
+        raise ValueError(f"{text!r} does not follow the grammar 'a red circle, a blue square and a yellow triangle'")
+    return objects

@@ -130,7 +130,7 @@ def _t5(umt5: bool = False) -> Any:
 
 
 def tiny_denoiser(family: str, seed: int = 0) -> torch.nn.Module:
-    """The tiny denoiser of `family` (sd15, sdxl, cogvideox, wan, wan_i2v, flux), in eval mode."""
+    """The tiny denoiser of `family` (sd15, sdxl, sd3, cogvideox, wan, wan_i2v, flux), in eval mode."""
     from diffusers import (
         CogVideoXTransformer3DModel,
         FluxTransformer2DModel,
@@ -198,6 +198,22 @@ def tiny_denoiser(family: str, seed: int = 0) -> torch.nn.Module:
             rope_max_seq_len=32,
             **extra,
         )
+    elif family == "sd3":
+        from diffusers import SD3Transformer2DModel
+
+        m = SD3Transformer2DModel(
+            sample_size=8,
+            patch_size=1,
+            in_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            caption_projection_dim=16,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            out_channels=4,
+            qk_norm="rms_norm",
+        )
     elif family == "flux":
         m = FluxTransformer2DModel(
             patch_size=1,
@@ -211,7 +227,7 @@ def tiny_denoiser(family: str, seed: int = 0) -> torch.nn.Module:
             axes_dims_rope=[4, 4, 8],
         )
     else:
-        raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES + ('wan_i2v',)}")
+        raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES + ('sd3', 'wan_i2v')}")
     return m.eval()
 
 
@@ -257,6 +273,14 @@ def denoiser_inputs(family: str, model: torch.nn.Module, seed: int = 1) -> dict[
         if family == "wan_i2v":
             kw["encoder_hidden_states_image"] = rnd(1, 5, 32)
         return kw
+    if family == "sd3":
+        return dict(
+            hidden_states=rnd(2, 4, 8, 8),
+            encoder_hidden_states=rnd(2, 8, 32),
+            pooled_projections=rnd(2, 32),
+            timestep=torch.tensor([500, 500]),
+            return_dict=False,
+        )
     if family == "flux":
         h = w = 4
         img_ids = (

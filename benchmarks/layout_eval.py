@@ -1,0 +1,146 @@
+"""Does CSG put the objects in their boxes? Layout accuracy of each method on the shapes model.
+
+For every case {prompt, phrases, boxes} and seed, generates with unguided / redistribution /
+guidance / full CSG (same initial noise), detects objects with the shapes detector and scores:
+- hit_rate: fraction of objects found with the right colour and shape and IoU >= 0.5 with the box;
+- miou: mean over objects of the best IoU of a right colour+shape detection (0 when none);
+- all_hit_rate: fraction of images in which every object hits;
+- seconds_per_image: wall time of one pipeline call (decode included, warm-up excluded).
+The last line is one JSON object: {"methods": {...}, "time_ratio_full_vs_unguided": ...}.
+
+    python benchmarks/layout_eval.py --seeds 4                     # default cases, assets/shapes-sd
+    python benchmarks/layout_eval.py --quick
+    python benchmarks/layout_eval.py --layout-params '{"scale_factor": 20}'   # override tuned params
+
+The case file is a list of cases, or {"layout_params": {...}, "sampling": {...}, "cases": [...]} where
+``layout_params`` are the LayoutConfig values tuned for the model (see docs/readme/layout.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from attn_processors.shapes.detector import box_iou, detect  # noqa: E402
+from pipelines.layout_to_image import LayoutToImagePipeline, draw_boxes  # noqa: E402
+
+METHODS = {"unguided": "none", "redistribution": "redistribution", "guidance": "guidance", "full": "full"}
+DEFAULT_CASES = ROOT / "benchmarks" / "cases" / "layout_default.json"
+DEFAULT_MODEL = ROOT / "assets" / "shapes-sd"
+
+
+def load_cases(path: Path) -> tuple[list[dict], dict, dict]:
+    """(cases, layout_params, sampling) from a case file."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, list):
+        data = {"cases": data}
+    cases = data.get("cases")
+    if not cases:
+        raise ValueError(f"{path}: no cases; give a list of {{prompt, phrases, boxes}}")
+    for i, c in enumerate(cases):
+        missing = {"prompt", "phrases", "boxes"} - set(c)
+        if missing:
+            raise ValueError(f"{path}: case {i} lacks {sorted(missing)}")
+    return cases, dict(data.get("layout_params", {})), dict(data.get("sampling", {}))
+
+
+def parse_phrase(phrase: str) -> tuple[str, str]:
+    """'red circle' -> ('red', 'circle'): the detector's colour and shape labels."""
+    words = [w for w in phrase.split() if w not in ("a", "an", "the")]
+    if len(words) != 2:
+        raise ValueError(f"phrase {phrase!r} must be '<colour> <shape>' for the shapes detector")
+    return words[0], words[1]
+
+
+def score(image: np.ndarray, phrases: list[str], boxes: list[list[float]]) -> list[float]:
+    """Best IoU of a right colour+shape detection with each object's box (0 when none)."""
+    dets = detect(image)
+    out = []
+    for phrase, box in zip(phrases, boxes, strict=True):
+        colour, shape = parse_phrase(phrase)
+        ious = [box_iou(d.box, box) for d in dets if d.colour == colour and d.shape == shape]
+        out.append(max(ious, default=0.0))
+    return out
+
+
+def evaluate(pipe: LayoutToImagePipeline, cases: list[dict], seeds: int, params: dict, sampling: dict,
+             methods: list[str], save: Path | None = None) -> dict:
+    results = {}
+    steps = int(sampling.get("num_inference_steps", 20))
+    cfg = float(sampling.get("guidance_scale", 7.5))
+    c0 = cases[0]
+    pipe(c0["prompt"], boxes=c0["boxes"], phrases=c0["phrases"], mode="full", num_inference_steps=2,
+         guidance_scale=cfg, layout_params=params, generator=torch.Generator().manual_seed(0))  # warm-up
+    for method in methods:
+        ious, all_hit, secs = [], [], []
+        for ci, case in enumerate(cases):
+            for seed in range(seeds):
+                t0 = time.perf_counter()
+                out = pipe(case["prompt"], boxes=case["boxes"], phrases=case["phrases"], mode=METHODS[method],
+                           num_inference_steps=steps, guidance_scale=cfg, layout_params=params,
+                           generator=torch.Generator().manual_seed(seed))
+                secs.append(time.perf_counter() - t0)
+                img = np.asarray(out.images[0].convert("RGB"))
+                s = score(img, case["phrases"], case["boxes"])
+                ious += s
+                all_hit.append(all(v >= 0.5 for v in s))
+                if save is not None:
+                    big = out.images[0].resize((256, 256), 0)
+                    draw_boxes(big, case["boxes"], case["phrases"]).save(save / f"{method}_c{ci}_s{seed}.png")
+        arr = np.array(ious)
+        results[method] = {"hit_rate": float((arr >= 0.5).mean()), "miou": float(arr.mean()),
+                           "all_hit_rate": float(np.mean(all_hit)), "seconds_per_image": float(np.mean(secs)),
+                           "objects": int(arr.size), "images": len(all_hit)}
+        print(json.dumps({method: results[method]}), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=Path, default=DEFAULT_CASES)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="2 cases, 1 seed (CI-sized)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    ap.add_argument("--layout-params", default="{}", help="JSON overrides of the case file's layout_params")
+    ap.add_argument("--steps", type=int, default=None, help="override sampling.num_inference_steps")
+    ap.add_argument("--save", type=Path, default=None, help="folder for PNGs with boxes drawn")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if not (args.model / "model_index.json").is_file():
+        raise SystemExit(f"no Diffusers pipeline at {args.model}; train/export it or pass --model PATH")
+    cases, params, sampling = load_cases(args.cases)
+    params.update(json.loads(args.layout_params))
+    if args.steps:
+        sampling["num_inference_steps"] = args.steps
+    seeds = 1 if args.quick else args.seeds
+    if args.quick:
+        cases = cases[:2]
+    methods = [m for m in args.methods.split(",") if m]
+    bad = set(methods) - set(METHODS)
+    if bad:
+        raise SystemExit(f"unknown methods {sorted(bad)}; use {list(METHODS)}")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+    pipe = LayoutToImagePipeline.from_pretrained(args.model, dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    res = evaluate(pipe, cases, seeds, params, sampling, methods, args.save)
+    ratio = None
+    if "full" in res and "unguided" in res:
+        ratio = res["full"]["seconds_per_image"] / res["unguided"]["seconds_per_image"]
+    print(json.dumps({"methods": res, "time_ratio_full_vs_unguided": ratio, "model": str(args.model),
+                      "cases": len(cases), "seeds": seeds, "layout_params": params, "sampling": sampling}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""benchmarks/layout_eval.py: case-file loading and box scoring with the shapes detector."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attn_processors.shapes.render import SceneObject, draw_scene
+from benchmarks.layout_eval import DEFAULT_CASES, load_cases, parse_phrase, score
+
+
+def test_score_hits_objects_in_their_boxes_and_misses_others():
+    boxes = [[0.05, 0.05, 0.45, 0.45], [0.55, 0.55, 0.95, 0.95]]
+    image = draw_scene([SceneObject("red", "circle", tuple(boxes[0])),
+                        SceneObject("blue", "square", tuple(boxes[1]))])
+    ious = score(image, ["red circle", "blue square"], boxes)
+    assert min(ious) > 0.85
+    swapped = score(image, ["red circle", "blue square"], boxes[::-1])
+    assert max(swapped) == 0.0  # right objects, wrong boxes: IoU 0
+    wrong_shape = score(image, ["red square", "blue square"], boxes)
+    assert wrong_shape[0] == 0.0 and wrong_shape[1] > 0.85
+
+
+def test_default_cases_are_valid_layouts(tmp_path):
+    from attn_processors.layout.masks import phrase_token_indices, validate_boxes
+    from attn_processors.shapes.tokenizer import build_tokenizer
+
+    cases, params, sampling = load_cases(DEFAULT_CASES)
+    assert len(cases) >= 8 and "scale_factor" in params and sampling["num_inference_steps"] > 0
+    tok = build_tokenizer()
+    for c in cases:
+        validate_boxes(c["boxes"])
+        assert len(phrase_token_indices(tok, c["prompt"], c["phrases"])) == len(c["boxes"])
+        assert all(len(parse_phrase(p)) == 2 for p in c["phrases"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "a red circle", "boxes": [[0, 0, 1, 1]]}]))
+    with pytest.raises(ValueError, match="phrases"):
+        load_cases(bad)

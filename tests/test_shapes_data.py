@@ -1,0 +1,88 @@
+"""The synthetic scene generator: deterministic, grammatical, boxes and masks that agree."""
+
+import numpy as np
+import pytest
+
+from attn_processors.shapes.data import MAX_OBJECTS, make_scene, sample_objects, scene_batch
+from attn_processors.shapes.render import SceneObject, draw_scene, object_mask
+from attn_processors.shapes.vocab import COLOURS, SHAPES, caption, object_phrase, parse_caption
+
+
+def test_scene_is_deterministic_per_seed_and_index():
+    a, b, c = make_scene(7, 3), make_scene(7, 3), make_scene(7, 4)
+    assert np.array_equal(a.image, b.image) and a.caption == b.caption
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_scenes_follow_the_grammar_and_constraints():
+    counts = set()
+    for i in range(120):
+        s = make_scene(1, i)
+        assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
+        assert parse_caption(s.caption) == s.labels  # caption order == object order
+        colours = [c for c, _ in s.labels]
+        assert len(set(colours)) == len(colours), "object colours must be distinct"
+        boxes = s.boxes
+        assert ((boxes >= 0) & (boxes <= 1)).all()
+        side = (boxes[:, 2] - boxes[:, 0]) * 64
+        assert ((side >= 14 - 1e-4) & (side <= 28 + 1e-4)).all()
+        for j in range(len(boxes)):
+            for k in range(j + 1, len(boxes)):
+                a, b = boxes[j] * 64, boxes[k] * 64
+                separated = a[2] + 2 <= b[0] + 1e-4 or b[2] + 2 <= a[0] + 1e-4 or a[3] + 2 <= b[1] + 1e-4 \
+                    or b[3] + 2 <= a[1] + 1e-4
+                assert separated, f"scene {i}: boxes {a} and {b} overlap"
+        counts.add(len(s.objects))
+        corner = s.image[0, 0].astype(int)
+        assert corner.min() >= 189 and corner.max() <= 251  # light background (unless an object is there)
+    assert counts == set(range(1, MAX_OBJECTS + 1))
+
+
+def test_caption_grammar_round_trip_and_errors():
+    phrases = [object_phrase("red", "circle"), object_phrase("blue", "square"), object_phrase("yellow", "triangle")]
+    assert caption(phrases) == "a red circle, a blue square and a yellow triangle"
+    assert caption(phrases[:2]) == "a red circle and a blue square"
+    assert parse_caption(caption(phrases)) == [("red", "circle"), ("blue", "square"), ("yellow", "triangle")]
+    for bad in ["a pink circle", "a red circle and a blue square and a green circle", "red circle", ""]:
+        with pytest.raises(ValueError):
+            parse_caption(bad)
+
+
+def test_scene_batch_masks_lie_in_their_boxes():
+    b = scene_batch(seed=2, start=0, count=16)
+    assert b["pixels"].shape == (16, 3, 64, 64)
+    assert float(b["pixels"].min()) >= -1 and float(b["pixels"].max()) <= 1
+    masks, valid, boxes = b["masks"], b["valid"], b["boxes"]
+    assert masks.shape == (16, MAX_OBJECTS, 16, 16)
+    for i in range(16):
+        n = len(parse_caption(b["captions"][i]))
+        assert valid[i].tolist() == [j < n for j in range(MAX_OBJECTS)]
+        for j in range(n):
+            m = masks[i, j].numpy()
+            x0, y0, x1, y1 = (boxes[i, j].numpy() * 16).tolist()
+            ys, xs = np.nonzero(m > 0)
+            assert xs.min() >= np.floor(x0) and xs.max() <= np.ceil(x1) - 1
+            assert ys.min() >= np.floor(y0) and ys.max() <= np.ceil(y1) - 1
+        assert masks[i, n:].sum() == 0
+
+
+def test_render_areas_match_geometry():
+    box = (0.25, 0.25, 0.75, 0.75)  # 32 px side at 64x64
+    areas = {s: object_mask(SceneObject("red", s, box)).sum() for s in SHAPES}
+    assert areas["square"] == pytest.approx(32 * 32, rel=0.02)
+    assert areas["circle"] == pytest.approx(np.pi * 16 * 16, rel=0.03)
+    assert areas["triangle"] == pytest.approx(32 * 32 / 2, rel=0.05)
+    img = draw_scene([SceneObject("blue", "square", box)], background=(220, 220, 220))
+    assert tuple(img[32, 32]) == (40, 70, 225) and tuple(img[2, 2]) == (220, 220, 220)
+
+
+def test_bad_objects_raise():
+    with pytest.raises(ValueError, match="colour"):
+        SceneObject("pink", "circle", (0, 0, 0.5, 0.5))
+    with pytest.raises(ValueError, match="shape"):
+        SceneObject("red", "star", (0, 0, 0.5, 0.5))
+    with pytest.raises(ValueError, match="x1 > x0"):
+        SceneObject("red", "circle", (0.5, 0, 0.4, 0.5))
+    with pytest.raises(ValueError, match="n_objects"):
+        sample_objects(np.random.default_rng(0), 4)
+    assert len(COLOURS) == 6

@@ -1,0 +1,63 @@
+"""The closed-vocabulary CLIP tokenizer: one token per word, standard files, unknown words named."""
+
+import json
+
+import pytest
+from transformers import CLIPTokenizer
+
+from attn_processors.shapes.tokenizer import (
+    MODEL_MAX_LENGTH,
+    VocabCheckedTokenizer,
+    build_tokenizer,
+    check_prompt,
+    save_vocab_files,
+    unknown_words,
+)
+from attn_processors.shapes.vocab import WORDS
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_every_word_is_one_token(tok):
+    ids = [tok(w, add_special_tokens=False).input_ids for w in WORDS]
+    assert all(len(i) == 1 for i in ids)
+    assert len({i[0] for i in ids}) == len(WORDS)
+
+
+def test_caption_layout_with_padding(tok):
+    enc = tok("a red circle, a blue square and a yellow triangle", padding="max_length",
+              max_length=tok.model_max_length, truncation=True)
+    toks = tok.convert_ids_to_tokens(enc.input_ids)
+    assert len(toks) == MODEL_MAX_LENGTH == 16
+    assert toks[:13] == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", ",</w>", "a</w>", "blue</w>",
+                         "square</w>", "and</w>", "a</w>", "yellow</w>", "triangle</w>", "<|endoftext|>"]
+    assert tok.pad_token_id == tok.eos_token_id  # SD 1.x convention
+
+
+def test_unknown_words_are_named_not_dropped(tok):
+    assert unknown_words("a Pink circle, and a teal cube") == ["pink", "teal", "cube"]
+    assert unknown_words("a red circle, a blue square and a yellow triangle") == []
+    with pytest.raises(ValueError, match=r"\['pink'\]"):
+        check_prompt("a pink circle")
+    with pytest.raises(ValueError, match="teal"):
+        check_prompt(["a red circle", "a teal square"])
+    # the plain BPE splits an unknown word into several pieces rather than mapping it to nothing
+    assert len(tok("pink", add_special_tokens=False).input_ids) > 1
+
+
+def test_round_trip_and_checked_class(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    save_vocab_files(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert vocab["<|endoftext|>"] == tok.eos_token_id and len(vocab) == len(tok)
+    assert (tmp_path / "merges.txt").read_text().startswith("#version")
+    again = CLIPTokenizer.from_pretrained(tmp_path)
+    assert again("a green triangle").input_ids == tok("a green triangle").input_ids
+    assert again.model_max_length == MODEL_MAX_LENGTH
+    checked = VocabCheckedTokenizer.from_pretrained(tmp_path)
+    assert checked("a green triangle").input_ids == tok("a green triangle").input_ids
+    with pytest.raises(ValueError, match="purpel"):
+        checked(["a purpel circle"])

@@ -1,0 +1,134 @@
+"""Tile-sparse kernels: exact vs masked SDPA, the k = F identity, the recall error bound, dispatch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attn_processors.core import blockmask
+from attn_processors.tile_sparse import (
+    VideoGeometry,
+    attend,
+    dispatch,
+    tile_mask,
+    tile_recall,
+    tile_sparse_attention,
+)
+
+GEOMETRIES = [  # (frames, tokens_per_frame, text_tokens, text_position): unaligned spans on purpose
+    (4, 50, 7, "first"),
+    (5, 37, 11, "last"),
+    (6, 24, 0, "none"),
+]
+
+
+def _qkv(s, *, b=2, h=3, d=16, seed=0, spread=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return [spread * torch.randn(b, h, s, d, generator=gen) for _ in range(3)]
+
+
+def _masked_sdpa(q, k, v, frames, tpf, k_global, gf="first", text=0, pos="first"):
+    mask = tile_mask(frames, tpf, k_global, global_frames=gf, text_tokens=text, text_position=pos)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("frames,tpf,text,pos", GEOMETRIES)
+@pytest.mark.parametrize("k_global,gf", [(1, "first"), (2, "uniform"), (2, [1, 3])])
+def test_gather_equals_masked_sdpa(frames, tpf, text, pos, k_global, gf):
+    q, k, v = _qkv(frames * tpf + text)
+    ref = _masked_sdpa(q, k, v, frames, tpf, k_global, gf, text, pos)
+    out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=k_global,
+                                global_frames=gf, text_tokens=text, text_position=pos, method="gather")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    dense = F.scaled_dot_product_attention(q, k, v)
+    assert (out - dense).abs().max() > 1e-3  # the mask really drops tiles
+
+
+@pytest.mark.parametrize("method", ["auto", "gather", "sdpa_masked"])
+def test_k_equal_frames_is_dense_attention(method):
+    frames, tpf, text = 4, 20, 5
+    q, k, v = _qkv(frames * tpf + text)
+    out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=frames,
+                                text_tokens=text, text_position="first", method=method)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)
+
+
+def test_inputs_are_not_mutated_and_scale_is_honoured():
+    q, k, v = _qkv(4 * 20)
+    copies = [t.clone() for t in (q, k, v)]
+    out = tile_sparse_attention(q, k, v, frames=4, tokens_per_frame=20, k_global=1, scale=0.3,
+                                method="gather")
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=tile_mask(4, 20, 1), scale=0.3)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), copies, strict=True))
+
+
+@pytest.mark.parametrize("frames,tpf,text,pos", GEOMETRIES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_error_bound_by_recall(frames, tpf, text, pos, seed):
+    """|o_sparse - o_dense|_inf <= 2 (1 - recall) max|V| + 1e-5 per query row (recall: see tile_recall)."""
+    geometry = VideoGeometry(frames, tpf, text, pos)
+    q, k, v = _qkv(geometry.seq_len, seed=seed, spread=1.5)
+    sparse = attend(q, k, v, geometry, 1, method="gather")
+    dense = F.scaled_dot_product_attention(q, k, v)
+    recall = tile_recall(q, k, geometry, 1)  # [B, H, S]
+    err = (sparse - dense).abs().amax(-1)  # [B, H, S]
+    v_max = v.abs().amax(dim=(-2, -1), keepdim=True)[..., 0]  # [B, H, 1]
+    assert torch.all(err <= 2 * (1 - recall) * v_max + 1e-5)
+    assert err.max() > 1e-3 and recall.min() < 0.99  # non-trivial instance
+    # rows that attend to every key (text, the global frame) have recall 1 and no error
+    full_rows = tile_mask(frames, tpf, 1, text_tokens=text, text_position=pos).all(-1)
+    torch.testing.assert_close(recall[..., full_rows], torch.ones_like(recall[..., full_rows]))
+    assert err[..., full_rows].max() < 1e-5
+
+
+def test_group_mass_rows_sum_to_one_and_match_explicit_softmax():
+    geometry = VideoGeometry(3, 10, 4, "last")
+    q, k, _ = _qkv(geometry.seq_len, b=1, h=2)
+    groups = geometry.groups()
+    mass = blockmask.group_mass(q, k, groups, 4, chunk=7)
+    torch.testing.assert_close(mass.sum(-1), torch.ones(1, 2, geometry.seq_len))
+    probs = (q @ k.transpose(-1, -2) / 4.0).softmax(-1)  # D = 16 -> scale 1/4
+    torch.testing.assert_close(mass[..., 2], probs[..., groups == 2].sum(-1))
+
+
+def test_dispatch_never_picks_eager_flex(monkeypatch):
+    short = VideoGeometry(4, 64)
+    assert dispatch(short, 4)[0] == "dense"
+    assert dispatch(short, 1)[0] == "sdpa_masked"
+    long = VideoGeometry(24, 256)  # S = 6144
+    method, reason = dispatch(long, 3)
+    assert method == ("flex" if blockmask.compiled_flex() is not None else "sdpa_masked"), reason
+    assert dispatch(long, 20)[0] == "sdpa_masked"  # block sparsity 0.03 < 0.25: flex would not pay
+    assert dispatch(VideoGeometry(24, 512), 20)[0] == "gather"  # S = 12 288: no S^2 bool mask
+    # without a compiler: flex_attend refuses (no eager fallback) and auto takes an exact SDPA path
+    monkeypatch.setattr(blockmask, "compiled_flex", lambda: None)
+    q = torch.zeros(1, 1, 16, 8)
+    with pytest.raises(RuntimeError, match="compiled flex attention unavailable"):
+        blockmask.flex_attend(q, q, q, None)
+    assert dispatch(long, 3)[0] == "sdpa_masked"
+    assert dispatch(VideoGeometry(24, 512), 3) == ("gather", "compiled flex attention is unavailable")
+
+
+def test_auto_without_compiler_is_exact_at_long_sequences(monkeypatch):
+    monkeypatch.setattr(blockmask, "compiled_flex", lambda: None)
+    frames, tpf = 9, 1000  # S = 9 000 > MAX_MASKED_SDPA_SEQ_LEN: the gathered path
+    q, k, v = _qkv(frames * tpf, b=1, h=1, d=8)
+    out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=2)
+    rows = torch.arange(0, frames * tpf, 97)  # reference on a row subset (the full mask is 81 M entries)
+    mask = tile_mask(frames, tpf, 2)[rows]
+    ref = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=mask)
+    torch.testing.assert_close(out[:, :, rows], ref, atol=1e-5, rtol=0)
+
+
+def test_compiled_flex_equals_masked_sdpa():
+    """One compiled geometry (first compile costs seconds); k, text position and global frames vary
+    without recompiling because they change only tensor values."""
+    frames, tpf, text = 4, 50, 7
+    q, k, v = _qkv(frames * tpf + text, b=1, h=2)
+    for k_global, gf, pos in [(1, "first", "first"), (2, [1, 3], "last"), (frames, "first", "first")]:
+        out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=k_global,
+                                    global_frames=gf, text_tokens=text, text_position=pos, method="flex",
+                                    block_size=32)
+        ref = _masked_sdpa(q, k, v, frames, tpf, k_global, gf, text, pos)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)  # k = F

@@ -1,0 +1,156 @@
+"""Tile-sparse processors on tiny Wan and CogVideoX pipelines, config JSON, and calibration plans."""
+
+import json
+
+import pytest
+import torch
+
+import attn_processors.tile_sparse as ts
+from attn_processors.core import Select, apply, config_from_json, config_to_json
+from attn_processors.tile_sparse import TilePlan, TileSparseConfig, calibrate, default_k, select_k
+
+RUNS = {  # 17 frames -> 5 latent frames
+    "wan": dict(num_frames=17, height=64, width=64),  # attn1: 5 frames x 16 tokens, no text
+    "cogvideox": dict(num_frames=17, height=32, width=32, max_sequence_length=16),  # 16 text + 5 x 4
+}
+GEOMETRY = {"wan": ts.VideoGeometry(5, 16), "cogvideox": ts.VideoGeometry(5, 4, 16, "first")}
+
+
+@pytest.fixture
+def attend_calls(monkeypatch):
+    """Records (q shape, geometry, k) of every tile-sparse kernel call."""
+    calls = []
+    original = ts.attend
+
+    def spy(q, k, v, geometry, k_global, *args, **kwargs):
+        calls.append((tuple(q.shape), geometry, k_global))
+        return original(q, k, v, geometry, k_global, *args, **kwargs)
+
+    monkeypatch.setattr(ts, "attend", spy)
+    return calls
+
+
+def _video(pipe, family, steps=3):
+    return pipe("a red cat", num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                output_type="pt", **RUNS[family]).frames
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_processors_run_end_to_end_and_full_mask_is_identity(tiny_pipe_cache, attend_calls, family):
+    pipe = tiny_pipe_cache(family)
+    dense = _video(pipe, family)
+    with apply(pipe, TileSparseConfig(k=1, dense_steps=0.0, dense_blocks=0)):
+        sparse = _video(pipe, family)
+    assert torch.isfinite(sparse).all() and (sparse - dense).abs().max() > 1e-3
+    assert attend_calls and {(g, k) for _, g, k in attend_calls} == {(GEOMETRY[family], 1)}
+    n_layers = len([n for n in pipe.transformer.attn_processors if "attn1" in n])
+    assert len(attend_calls) == 3 * n_layers * (2 if family == "wan" else 1)  # Wan: two B=1 CFG calls
+    attend_calls.clear()
+    with apply(pipe, TileSparseConfig(k=5, dense_steps=0.0, dense_blocks=0)):  # k = F: every tile kept
+        full = _video(pipe, family)
+    torch.testing.assert_close(full, dense, atol=1e-5, rtol=0)
+    assert not attend_calls
+    assert all(type(p).__name__ != "TileSparseProcessor" for p in pipe.transformer.attn_processors.values())
+
+
+def test_full_mask_kernel_path_matches_stock_wan(tiny_pipe_cache):
+    """The sparse kernel forced on with a mask that keeps every tile (k = F) gives the stock result."""
+    pipe = tiny_pipe_cache("wan")
+    dense = _video(pipe, "wan", steps=2)
+    with apply(pipe, TileSparseConfig(k=5, dense_steps=0.0, dense_blocks=0)) as _:
+        for proc in pipe.transformer.attn_processors.values():
+            if type(proc).__name__ == "TileSparseProcessor":
+                proc.k_for = lambda frames: frames  # keeps wants() True below
+                proc.wants = lambda call: True
+        kernel_full = _video(pipe, "wan", steps=2)
+    torch.testing.assert_close(kernel_full, dense, atol=1e-5, rtol=0)
+
+
+def test_dense_warmup_steps_and_blocks(tiny_pipe_cache, attend_calls):
+    pipe = tiny_pipe_cache("wan")
+    with apply(pipe, TileSparseConfig(k=1, dense_steps=0.5, dense_blocks=1)):
+        _video(pipe, "wan", steps=4)  # steps 0, 1 dense; block 0 dense
+    assert len(attend_calls) == 2 * 1 * 2  # 2 sparse steps x 1 sparse block x 2 CFG calls
+    with apply(pipe, TileSparseConfig(k=1, dense_steps=1.0)):
+        _video(pipe, "wan", steps=2)
+    assert len(attend_calls) == 4  # nothing new
+
+
+def test_config_json_round_trip_and_validation():
+    options = '{"k": {"blocks.1.attn1": 2}, "global_frames": [0, 3], "dense_steps": 0.1}'
+    cfg = TileSparseConfig(**json.loads(options))
+    assert cfg.global_frames == (0, 3)
+    assert config_from_json(config_to_json(cfg)) == cfg
+    assert config_from_json(config_to_json(TileSparseConfig())) == TileSparseConfig()
+    for bad, match in [({"global_frames": "random"}, "global_frames"), ({"k": "calibrated"}, "'auto'"),
+                       ({"k": -1}, "ints >= 0"), ({"dense_steps": 1.5}, "dense_steps"),
+                       ({"block_size": 100}, "multiple of 16"), ({"method": "eager"}, "method")]:
+        with pytest.raises(ValueError, match=match):
+            TileSparseConfig(**bad)
+    assert [default_k(f) for f in (3, 8, 24)] == [1, 2, 4]
+
+
+def test_select_k_rule():
+    recall = {0: 0.5, 1: 0.8, 2: 0.92, 3: 0.97, 4: 1.0}
+    assert select_k(recall, 0.9, frames=4) == 2
+    assert select_k(recall, 0.95, frames=4) == 3
+    assert select_k(recall, 0.99, frames=4) == 4  # nothing sparse is good enough: dense
+    assert select_k({1: 0.95, 2: 0.91, 3: 0.97}, 0.9, frames=8) == 1  # the sparsest passing k
+
+
+def test_plan_round_trip(tmp_path):
+    recall = {"blocks.0.attn1": {1: 0.8, 2: 0.93}, "blocks.1.attn1": {1: 0.5, 5: 1.0}}
+    plan = TilePlan({"blocks.0.attn1": 2, "blocks.1.attn1": 5}, recall, 5, 0.9, (0, 2))
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert TilePlan.load(path) == plan
+    with pytest.raises(ValueError, match="calibrate"):
+        TilePlan.load(tmp_path / "missing.json")
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="tile_sparse_plan/v1"):
+        TilePlan.load(path)
+
+
+def test_calibrate_on_tiny_wan_and_use_the_plan(tiny_pipe_cache, attend_calls, tmp_path):
+    pipe = tiny_pipe_cache("wan")
+    plan = calibrate(pipe, ["a red cat", "a blue dog"], target_recall=0.75, num_inference_steps=2,
+                     **RUNS["wan"])
+    assert plan.frames == 5 and set(plan.k) == {"blocks.0.attn1", "blocks.1.attn1"}
+    for name, recall in plan.recall.items():
+        values = [recall[k] for k in range(6)]
+        assert all(0.0 <= r <= 1.0 + 1e-6 for r in values)
+        assert values == sorted(values)  # "first" global frames: more frames, more mass kept
+        assert recall[5] == pytest.approx(1.0, abs=1e-5)
+        assert plan.k[name] == select_k(recall, 0.75, 5)
+    # the recall on this tiny random model: probe its definition against tile_recall on one call
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    with apply(pipe, TileSparseConfig(plan=str(path), dense_steps=0.0, dense_blocks=0)):
+        _video(pipe, "wan", steps=2)
+    assert {k for *_, k in attend_calls} == {k for k in plan.k.values() if k < 5}
+
+
+def test_calibration_recall_matches_tile_recall(tiny_pipe_cache):
+    """The probe's mean recall equals tile_recall averaged over all rows (max_rows >= S)."""
+    from attn_processors.core.controller import Controller
+    from attn_processors.testing.tiny import denoiser_inputs, tiny_denoiser
+
+    model = tiny_denoiser("wan")
+    inputs = denoiser_inputs("wan", model)  # hidden (1, 16, 3, 8, 8): 3 frames x 16 tokens
+    captured = {}
+
+    def capture(q, k, v, *, mask=None, scale=None):
+        captured["qk"] = (q, k)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    ctrl = Controller()
+    with apply(model, ts.TileRecallProbe(ks=(1,), max_rows=10_000, layers=Select(names=("blocks.0.attn1",))),
+               controller=ctrl), torch.no_grad():
+        proc = model.get_submodule("blocks.0.attn1").processor
+        inner = proc.kernel
+        proc.kernel = lambda call: (lambda q, k, v, **kw: (capture(q, k, v), inner(call)(q, k, v, **kw))[1])
+        model(**inputs)
+    total, count = ctrl.stores["tile_recall"]["blocks.0.attn1"][1]
+    q, k = captured["qk"]
+    expected = ts.tile_recall(q, k, ts.VideoGeometry(3, 16), 1).mean().item()
+    assert total / count == pytest.approx(expected, abs=1e-5)

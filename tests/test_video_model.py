@@ -1,0 +1,165 @@
+"""Moving-shapes video model: data, tokenizer, training-time exactness tricks, attention probe."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from attn_processors.shapes import train_video as tv
+from attn_processors.shapes import video_model as vm
+from attn_processors.shapes.video_attention import diagonal_mass, install_probes
+from attn_processors.shapes.video_data import DIRECTION_VECTORS, eval_prompts, sample_video
+from attn_processors.shapes.video_detect import score_video
+from attn_processors.shapes.video_tokenizer import build_video_tokenizer, check_prompt, unknown_words
+from attn_processors.shapes.vocab import WORDS
+
+
+def test_clip_geometry_and_caption():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = sample_video(rng, num_frames=17, size=64)
+        assert s.frames.shape == (17, 64, 64, 3) and s.frames.dtype == np.uint8
+        assert s.caption == " and ".join(o.phrase for o in s.objects)
+        for o in s.objects:
+            b = o.boxes
+            assert b.min() >= 0 and b.max() <= 64
+            step = np.diff(b[:, :2], axis=0)  # (T-1, 2) per-frame displacement
+            dx, dy = DIRECTION_VECTORS[o.direction]
+            assert np.allclose(step, step[0], atol=1e-4)  # steady speed
+            assert np.sign(step[0][0]) == dx and np.sign(step[0][1]) == dy
+            assert 16 <= abs(step[0]).sum() * 16 <= 26  # travel over the clip, px
+        if len(s.objects) == 2:
+            a, c = s.objects[0].boxes, s.objects[1].boxes
+            overlap_x = np.minimum(a[:, 2], c[:, 2]) - np.maximum(a[:, 0], c[:, 0])
+            overlap_y = np.minimum(a[:, 3], c[:, 3]) - np.maximum(a[:, 1], c[:, 1])
+            assert np.all((overlap_x < 0) | (overlap_y < 0))
+            assert s.objects[0].colour != s.objects[1].colour
+
+
+def test_pinned_object_and_bad_input():
+    s = sample_video(
+        np.random.default_rng(1), num_objects=1, colour="purple", shape="triangle", direction="up"
+    )
+    assert s.caption == "a purple triangle moving up"
+    with pytest.raises(ValueError, match="unknown colour"):
+        sample_video(np.random.default_rng(1), colour="pink")
+    with pytest.raises(ValueError, match="num_objects"):
+        sample_video(np.random.default_rng(1), num_objects=3)
+
+
+def test_detector_scores_ground_truth_clips_perfectly():
+    rng = np.random.default_rng(3)
+    for n in (1, 2):
+        s = sample_video(rng, num_objects=n)
+        r = score_video(s.frames, [(o.colour, o.shape, o.direction) for o in s.objects])
+        assert r["colour_accuracy"] == r["motion_accuracy"] == r["shape_accuracy"] == 1.0
+        assert r["temporal_consistency"] == 1.0
+
+
+def test_static_or_missing_object_is_scored_wrong():
+    s = sample_video(np.random.default_rng(4), num_objects=1, colour="red", direction="right")
+    frozen = np.repeat(s.frames[:1], 17, axis=0)  # the object never moves
+    r = score_video(frozen, [("red", s.objects[0].shape, "right")])
+    assert r["colour_accuracy"] == 1.0 and r["motion_accuracy"] == 0.0
+    assert r["objects"][0]["direction"] == "static"
+    reversed_clip = s.frames[::-1]
+    assert (
+        score_video(reversed_clip, [("red", s.objects[0].shape, "right")])["objects"][0]["direction"]
+        == "left"
+    )
+    assert score_video(s.frames, [("blue", "circle", "right")])["colour_accuracy"] == 0.0
+
+
+def test_eval_prompts_are_balanced_and_fixed():
+    one = eval_prompts(40, 1, seed=0)
+    assert one == eval_prompts(40, 1, seed=0)
+    assert len({p["prompt"] for p in one}) == 40
+    colours = [p["objects"][0][0] for p in one]
+    assert len(set(colours)) == 6
+    two = eval_prompts(5, 2, seed=1)
+    assert all(" and " in p["prompt"] and len(p["objects"]) == 2 for p in two)
+
+
+def test_tokenizer_words_are_single_pieces_and_roundtrip(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_video_tokenizer()
+    ids = tok("a red circle moving right and a blue square moving up").input_ids
+    assert len(ids) == 12 and ids[-1] == tok.eos_token_id == 1
+    for w in WORDS:
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists()
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("a green triangle moving left").input_ids == tok("a green triangle moving left").input_ids
+
+
+def test_unknown_words_are_named():
+    assert unknown_words("a red circle, a blue square") == []
+    assert unknown_words("a Red zebra moving sideways") == ["zebra", "sideways"]
+    with pytest.warns(UserWarning, match="zebra"):
+        check_prompt("a red zebra")
+    with pytest.raises(ValueError, match="zebra"):
+        check_prompt("a red zebra", strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_prompt("a red circle moving up") == []
+
+
+def _perturbed_transformer():
+    torch.manual_seed(0)
+    tr = vm.make_transformer()
+    with torch.no_grad():  # non-zero biases so the zero-padding key is not trivial
+        for p in tr.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return tr.eval()
+
+
+def test_padded_cross_attention_equals_512_padding():
+    tok = build_video_tokenizer()
+    te = vm.make_text_encoder(len(tok)).eval()
+    tr = _perturbed_transformer()
+    caps = ["a red circle moving right", "", "a red circle moving right and a blue square moving up"]
+    x, t = torch.randn(3, vm.Z_DIM, 2, 8, 8), torch.tensor([100.0, 500.0, 900.0])
+    with torch.no_grad():
+        ref = tr(
+            x, timestep=t, encoder_hidden_states=tv.encode_text(te, tok, caps, "cpu"), return_dict=False
+        )[0]
+        short, lengths = tv.encode_text_short(te, tok, caps, "cpu")
+        assert short.shape[1] == 32 and lengths.tolist() == [6, 1, 12]
+        proc = tv.install_padded_cross_attn(tr)
+        proc.bias = tv.padding_bias(lengths, short.shape[1])
+        out = tr(x, timestep=t, encoder_hidden_states=short, return_dict=False)[0]
+        proc.bias = None  # without the bias the short padding is a different model
+        naive = tr(x, timestep=t, encoder_hidden_states=short, return_dict=False)[0]
+    assert torch.allclose(out, ref, atol=1e-4)
+    assert (naive - ref).abs().max() > 1e-2
+
+
+def test_frame_tile_probe_is_exact_and_measures_mass():
+    tr = _perturbed_transformer()
+    x, c, t = torch.randn(2, vm.Z_DIM, 3, 8, 8), torch.randn(2, 7, 128), torch.tensor([10.0, 900.0])
+    with torch.no_grad():
+        ref = tr(x, timestep=t, encoder_hidden_states=c, return_dict=False)[0]
+        probes = install_probes(tr, frames=3, record=True)
+        out = tr(x, timestep=t, encoder_hidden_states=c, return_dict=False)[0]
+    assert torch.allclose(out, ref, atol=1e-4)
+    assert len(probes) == len(tr.blocks) and probes[0].history[0].shape == (2, 4)
+    # reference maps: uniform -> 1/F on the diagonal; block-diagonal -> 1
+    f, tpf = 4, 5
+    uniform = torch.full((1, 2, f * tpf, f * tpf), 1.0 / (f * tpf))
+    assert torch.allclose(diagonal_mass(uniform, f), torch.full((1, 2), 1.0 / f))
+    block = torch.block_diag(*[torch.full((tpf, tpf), 1.0 / tpf)] * f)[None, None]
+    assert torch.allclose(diagonal_mass(block, f), torch.ones(1, 1))
+    with pytest.raises(ValueError, match="multiple"):
+        diagonal_mass(torch.ones(1, 1, 7, 7) / 7, 2)
+
+
+def test_flow_sigmas_follow_the_sampler_shift():
+    s = tv.flow_sigmas(20000, shift=3.0, generator=torch.Generator().manual_seed(0))
+    assert 0 < s.min() and s.max() < 1
+    # shift 3 maps the median u=0.5 to 0.75
+    assert abs(s.median().item() - 0.75) < 0.01
