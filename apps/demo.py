@@ -21,7 +21,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from attn_processors.shapes.detector import detect  # noqa: E402
 from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, NUM_STEPS, load_pipeline  # noqa: E402
@@ -50,7 +52,8 @@ def build_untrained_pipeline():
     tok = build_tokenizer()
     pipe = StableDiffusionPipeline(
         vae=build_vae(), text_encoder=build_text_encoder(tok), tokenizer=tok, unet=build_unet(),
-        scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    diffusers_logging.disable_progress_bar()  # loading bars would bury the printed paths
+    transformers_logging.disable_progress_bar()
     t0 = time.perf_counter()
     pipe, label = load_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)

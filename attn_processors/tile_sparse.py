@@ -25,10 +25,10 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ Method = Literal[
     "dense",  # plain SDPA, no mask (what auto picks when every tile is kept)
 ]
 
-MIN_FLEX_SEQ_LEN = 2048  # below this a first compile (seconds) never pays back; masked SDPA is cheap
+MIN_SPARSE_SEQ_LEN = 2048  # below this one masked SDPA call is cheapest (and no flex compile)
 MAX_MASKED_SDPA_SEQ_LEN = 8192  # the dense bool mask is S^2 bytes (64 MiB here); gather beyond
 
 
@@ -194,6 +194,21 @@ def tile_block_mask(
     return _cached_block_mask(geometry, k_global, _frames_key(global_frames), block_size, device)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_gather_plan(geometry: VideoGeometry, k_global: int, frames_key, device: str):
+    keep = group_keep(geometry, k_global, frames_key).to(device)
+    return blockmask.gather_plan(geometry.groups(device), keep)
+
+
+def tile_gather_plan(
+    geometry: VideoGeometry, k_global: int, global_frames: GlobalFrames = "first",
+    *, device: torch.device | str = "cpu",
+) -> blockmask.GatherPlan:
+    """The (query rows, kept key columns) plan of the gathered path, cached per geometry and device."""
+    global_frame_indices(geometry.frames, k_global, global_frames)
+    return _cached_gather_plan(geometry, k_global, _frames_key(global_frames), str(torch.device(device)))
+
+
 _flex_failed: set[str] = set()
 
 
@@ -202,19 +217,27 @@ def dispatch(
     device: torch.device | str = "cpu", block_size: int = blockmask.DEFAULT_BLOCK_SIZE,
     min_block_sparsity: float = 0.25,
 ) -> tuple[str, str]:
-    """(method, reason) for method="auto". Never eager flex: flex means the compiled kernel."""
+    """(method, reason) for method="auto". Never eager flex: "flex" always means the compiled kernel.
+
+    Short sequences: masked SDPA (one call). CPU: gathered SDPA, measured 1.6-2.7x faster than compiled
+    flex in fp32 (Inductor's CPU flex template runs a 1x16 fp32 micro-GEMM) and on par in bf16, with no
+    compile. Elsewhere (CUDA): compiled flex unless block sparsity < min_block_sparsity.
+    """
+    device = torch.device(device)
     if bool(tile_keep(geometry.frames, k_global, global_frames).all()):
         return "dense", "the mask keeps every tile"
+    if geometry.seq_len < MIN_SPARSE_SEQ_LEN:
+        return "sdpa_masked", f"S={geometry.seq_len} < {MIN_SPARSE_SEQ_LEN}: one masked SDPA call is cheapest"
+    if device.type == "cpu":
+        return "gather", "CPU: gathered SDPA beats compiled flex (see benchmarks/tile_sparse_bench.py)"
     fallback = "sdpa_masked" if geometry.seq_len <= MAX_MASKED_SDPA_SEQ_LEN else "gather"
-    if geometry.seq_len < MIN_FLEX_SEQ_LEN:
-        return "sdpa_masked", f"S={geometry.seq_len} < {MIN_FLEX_SEQ_LEN}: a flex compile would not pay back"
-    if str(torch.device(device)) in _flex_failed or blockmask.compiled_flex() is None:
+    if str(device) in _flex_failed or blockmask.compiled_flex() is None:
         return fallback, "compiled flex attention is unavailable"
-    density = blockmask.block_density(tile_block_mask(geometry, k_global, global_frames,
-                                                      block_size=block_size, device=device))
-    if 1.0 - density < min_block_sparsity:
-        return fallback, f"block sparsity {1 - density:.2f} < min_block_sparsity {min_block_sparsity}"
-    return "flex", f"block sparsity {1 - density:.2f}"
+    bm = tile_block_mask(geometry, k_global, global_frames, block_size=block_size)  # structure: any device
+    sparsity = 1.0 - blockmask.block_density(bm)
+    if sparsity < min_block_sparsity:
+        return fallback, f"block sparsity {sparsity:.2f} < min_block_sparsity {min_block_sparsity}"
+    return "flex", f"block sparsity {sparsity:.2f}"
 
 
 def tile_sparse_attention(
@@ -233,13 +256,23 @@ def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: VideoGeometry, k_global: int,
     global_frames: GlobalFrames = "first", *, scale: float | None = None, method: Method = "auto",
     block_size: int = blockmask.DEFAULT_BLOCK_SIZE, min_block_sparsity: float = 0.25,
+    inner: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``tile_sparse_attention`` with a prepared geometry (what the processors call)."""
+    """``tile_sparse_attention`` with a prepared geometry (what the processors call).
+
+    ``inner``: a kernel ``attend(q, k, v, *, mask=None, scale=None)`` (e.g. SageAttention) run on each
+    query group's kept keys instead of SDPA; it forces the gathered path.
+    """
     if q.dim() != 4 or k.shape != q.shape[:3] + k.shape[3:] or v.shape[:3] != k.shape[:3]:
         raise ValueError(
             f"q, k, v must be [B, H, S, D] with equal B, H, S; got {q.shape}, {k.shape}, {v.shape}"
         )
     geometry.check_seq_len(q.shape[2])
+    if inner is not None:
+        if bool(tile_keep(geometry.frames, k_global, global_frames).all()):
+            return inner(q, k, v, scale=scale)
+        plan = tile_gather_plan(geometry, k_global, global_frames, device=q.device)
+        return blockmask.gather_attend(q, k, v, plan, scale=scale, attend=inner)
     if method == "auto":
         method, _ = dispatch(geometry, k_global, global_frames, device=q.device, block_size=block_size,
                              min_block_sparsity=min_block_sparsity)
@@ -250,17 +283,16 @@ def attend(
         try:
             return blockmask.flex_attend(q, k, v, bm, scale=scale)
         except Exception as exc:  # compile or codegen failure: remember it and take the exact fallback
-            if q.shape[2] <= MIN_FLEX_SEQ_LEN:
-                raise
             _flex_failed.add(str(q.device))
-            logger.warning("compiled flex attention failed on %s (%s); using gathered SDPA", q.device, exc)
+            warn_once(f"tile_sparse:flex:{q.device}", f"compiled flex attention failed on {q.device} "
+                      f"({exc}); tile-sparse attention uses gathered SDPA instead")
             method = "gather"
-    groups = geometry.groups(q.device)
-    keep = group_keep(geometry, k_global, global_frames).to(q.device)
     if method == "gather":
-        return blockmask.gather_attend(q, k, v, groups, keep, scale=scale)
+        plan = tile_gather_plan(geometry, k_global, global_frames, device=q.device)
+        return blockmask.gather_attend(q, k, v, plan, scale=scale)
     if method == "sdpa_masked":
-        mask = blockmask.dense_group_mask(groups, keep)  # [S, S]
+        groups = geometry.groups(q.device)
+        mask = blockmask.dense_group_mask(groups, group_keep(geometry, k_global, global_frames).to(q.device))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     raise ValueError(f"method must be 'auto', 'flex', 'gather', 'sdpa_masked' or 'dense'; got {method!r}")
 
@@ -304,6 +336,7 @@ class TileSparseConfig:
     block_size: int = blockmask.DEFAULT_BLOCK_SIZE  # flex BlockMask tile (tokens)
     min_block_sparsity: float = 0.25  # below this flex does not pay: an exact SDPA path instead
     method: str = "auto"  # "auto" | "flex" | "gather" | "sdpa_masked" (see Method)
+    kernel: Any = None  # a SageConfig: its quantized kernel runs on each query group's kept keys
     layers: Select = Select(kinds=("self", "joint"), families=("wan", "cogvideox"))
 
     def __post_init__(self) -> None:
@@ -326,6 +359,36 @@ class TileSparseConfig:
             raise ValueError(f"min_block_sparsity must be in [0, 1), got {self.min_block_sparsity}")
         if self.method not in ("auto", "flex", "gather", "sdpa_masked"):
             raise ValueError(f"method must be 'auto', 'flex', 'gather' or 'sdpa_masked', got {self.method!r}")
+        if self.kernel is not None:
+            inner_kernel(self.kernel)  # validate now
+
+
+def inner_kernel(config: Any) -> Callable[..., torch.Tensor]:
+    """The attend function of a kernel config composed under the tile mask (tile_sparse+sage).
+
+    Composition rule: the tile mask decides which keys each query group sees; the inner kernel
+    computes attention over them, on every call the tile processor handles (its dense warm-up runs
+    the inner kernel on all keys). The inner config's own layer and dense policies do not apply:
+    set them on TileSparseConfig (a non-default one raises, rather than being ignored).
+    """
+    if type(config).__name__ != "SageConfig":
+        raise ValueError(f"TileSparseConfig.kernel takes a SageConfig (or None), got {type(config).__name__}")
+    from attn_processors.sage.dispatch import sageattn
+    from attn_processors.sage.technique import SageConfig
+
+    policy = {f: getattr(config, f) for f in ("dense_steps", "dense_blocks", "dense_layers", "dense_calls",
+                                              "policy", "layers")}
+    defaults = {f: getattr(SageConfig(), f) for f in policy}
+    changed = sorted(f for f in policy if policy[f] != defaults[f])
+    if changed:
+        raise ValueError(f"SageConfig fields {changed} do not apply under tile_sparse+sage; set the dense "
+                         "warm-up (dense_steps, dense_blocks) and layers on TileSparseConfig instead")
+
+    def sage_attend(q, k, v, *, mask=None, scale=None):
+        return sageattn(q, k, v, sm_scale=scale, attn_mask=mask, mode=config.mode, backend=config.backend,
+                        arch=config.arch, min_kv_len=config.min_kv_len, nan_guard=config.nan_guard)
+
+    return sage_attend
 
 
 def call_geometry(call: CallInfo) -> VideoGeometry | None:
@@ -348,6 +411,7 @@ class TileSparseProcessor(ControlledProcessor):
     def __init__(self, site: Site, controller: Controller, config: TileSparseConfig, k: int | None) -> None:
         super().__init__(site, controller)
         self.config, self.k = config, k  # k None: default_k(frames) at call time
+        self.inner = None if config.kernel is None else inner_kernel(config.kernel)
 
     def k_for(self, frames: int) -> int:
         return min(default_k(frames) if self.k is None else self.k, frames)
@@ -357,14 +421,20 @@ class TileSparseProcessor(ControlledProcessor):
         warm = 0 if n is None else math.floor(self.config.dense_steps * n + 1e-6)  # warm-up steps
         return call.step is not None and call.step < warm
 
-    def wants(self, call: CallInfo) -> bool:
-        if self.site.block < self.config.dense_blocks or self.dense_step(call):
+    def sparse(self, call: CallInfo, geometry: VideoGeometry | None) -> bool:
+        """Whether this call drops tiles: outside the dense warm-up (steps, blocks) and k < F."""
+        if geometry is None or self.site.block < self.config.dense_blocks or self.dense_step(call):
             return False
+        return self.k_for(geometry.frames) < geometry.frames
+
+    def wants(self, call: CallInfo) -> bool:
         geometry = call_geometry(call)
-        return geometry is not None and self.k_for(geometry.frames) < geometry.frames
+        return self.sparse(call, geometry) or (self.inner is not None and geometry is not None)
 
     def kernel(self, call: CallInfo):
         geometry = call_geometry(call)
+        if not self.sparse(call, geometry):  # only with an inner kernel: it runs on all keys
+            return self.inner
         k_global, cfg = self.k_for(geometry.frames), self.config
 
         def tile_attend(q, k, v, *, mask=None, scale=None):
@@ -377,7 +447,8 @@ class TileSparseProcessor(ControlledProcessor):
                 mask = tiles & mask if mask.dtype == torch.bool else mask.masked_fill(~tiles, float("-inf"))
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
             return attend(q, k, v, geometry, k_global, cfg.global_frames, scale=scale, method=cfg.method,
-                          block_size=cfg.block_size, min_block_sparsity=cfg.min_block_sparsity)
+                          block_size=cfg.block_size, min_block_sparsity=cfg.min_block_sparsity,
+                          inner=self.inner)
 
         return tile_attend
 

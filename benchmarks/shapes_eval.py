@@ -34,12 +34,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from attn_processors.shapes.attention_check import (  # noqa: E402
+    AttentionTally,
     MapAccumulator,
-    colour_position,
     install_probes,
     restore,
-    upsample_map,
-    word_localisation,
 )
 from attn_processors.shapes.detector import detect  # noqa: E402
 from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, NUM_STEPS, load_pipeline  # noqa: E402
@@ -64,58 +62,8 @@ def score(image: np.ndarray, wanted: list[tuple[str, str]]) -> dict[str, float]:
     found = {d.colour: d for d in detect(image)}
     colour_ok = all(c in found for c, _ in wanted)
     shape_hits = sum(1 for c, s in wanted if c in found and found[c].shape == s)
-    return {"colour": float(colour_ok), "shape": shape_hits / len(wanted), "count": float(len(found) == len(wanted))}
-
-
-def layer_label(name: str, n_tokens: int) -> str:
-    r = int(round(n_tokens**0.5))
-    return f"{name.replace('.transformer_blocks.0.attn2', '').replace('attentions.', 'attn')} ({r}x{r})"
-
-
-class AttentionTally:
-    """Per-layer and layer-averaged localisation of colour words, accumulated over images."""
-
-    def __init__(self) -> None:
-        self.per_layer: dict[str, list[tuple[float, bool]]] = {}
-        self.averaged: list[tuple[float, bool]] = []
-        self.images = 0
-
-    def add(self, maps: dict[str, torch.Tensor], images: list[np.ndarray], prompts: list[str]) -> None:
-        for b, (image, prompt) in enumerate(zip(images, prompts)):
-            self.images += 1
-            found = {d.colour: d for d in detect(image)}
-            size = image.shape[0]
-            for j, (colour, _) in enumerate(parse_caption(prompt)):
-                if colour not in found:  # no object of that colour: nothing to localise against
-                    continue
-                box = torch.tensor(found[colour].box)
-                ups = []
-                for name, m in maps.items():
-                    up = upsample_map(m[b, :, colour_position(j)], size)
-                    up = up / up.sum().clamp_min(1e-12)
-                    ups.append(up)
-                    label = layer_label(name, m.shape[1])
-                    self.per_layer.setdefault(label, []).append(word_localisation(up, box))
-                self.averaged.append(word_localisation(torch.stack(ups).mean(0), box))
-
-    @staticmethod
-    def summarise(items: list[tuple[float, bool]]) -> dict[str, float]:
-        if not items:
-            return {"mass_ratio": None, "peak_in_box": None, "words": 0}
-        return {"mass_ratio": round(float(np.mean([m for m, _ in items])), 3),
-                "peak_in_box": round(float(np.mean([p for _, p in items])), 3), "words": len(items)}
-
-    def report(self) -> dict[str, object]:
-        layers = {k: self.summarise(v) for k, v in self.per_layer.items()}
-        return {
-            "images": self.images,
-            "layers": layers,
-            "layer_mean": {
-                "mass_ratio": round(float(np.mean([v["mass_ratio"] for v in layers.values()])), 3) if layers else None,
-                "peak_in_box": round(float(np.mean([v["peak_in_box"] for v in layers.values()])), 3) if layers else None,
-            },
-            "maps_averaged_over_layers": self.summarise(self.averaged),
-        }
+    count_ok = len(found) == len(wanted)
+    return {"colour": float(colour_ok), "shape": shape_hits / len(wanted), "count": float(count_ok)}
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float, batch: int,
@@ -139,7 +87,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float,
         batch_images = [(np.clip(x, 0, 1) * 255).round().astype(np.uint8) for x in out]
         if probe:
             keep = min(len(chunk), attn_images - tally.images)
-            tally.add({k: v[:keep] for k, v in acc.maps.items()}, batch_images[:keep], [p for p, _ in chunk][:keep])
+            chunk_prompts = [p for p, _ in chunk][:keep]
+            tally.add({k: v[:keep] for k, v in acc.maps.items()}, batch_images[:keep], chunk_prompts)
         images.extend(batch_images)
     return images, seconds
 
@@ -154,8 +103,10 @@ def evaluate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float,
         row = {k: float(np.mean([s[k] for s in scores])) for k in ("colour", "shape", "count")}
         rows.append({"prompt": prompt, "objects": len(wanted), **row})
         if verbose:
-            print(f"  {prompt:55s} colour {row['colour']:.2f} shape {row['shape']:.2f} count {row['count']:.2f}")
-    summary: dict[str, object] = {"images": len(images), "seconds_per_image": round(seconds / max(len(images), 1), 4)}
+            print(f"  {prompt:55s} colour {row['colour']:.2f} shape {row['shape']:.2f} "
+                  f"count {row['count']:.2f}")
+    per_image = round(seconds / max(len(images), 1), 4)
+    summary: dict[str, object] = {"images": len(images), "seconds_per_image": per_image}
     for n in sorted({r["objects"] for r in rows}):
         sub = [r for r in rows if r["objects"] == n]
         summary[f"{n}_object"] = {k + "_accuracy": round(float(np.mean([r[k] for r in sub])), 3)
@@ -169,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder (default: the shipped model)")
     p.add_argument("--prompts", default=None,
-                   help="file with one caption per line, or captions separated by ';' (default: generated set)")
+                   help="file with one caption per line, or captions separated by ';' (default: built-in)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one image per prompt and seed")
     p.add_argument("--single", type=int, default=50, help="one-object prompts in the default set")
     p.add_argument("--double", type=int, default=50, help="two-object prompts in the default set")
@@ -179,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--attn-images", type=int, default=50, help="images used for the attention figures")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="CI size: 12 + 12 prompts, 6 three-object, 12 attention images")
+    p.add_argument("--quick", action="store_true", help="CI size: 12+12 prompts, 6 triples, 12 attn images")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -200,10 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     pipe = load_pipeline(args.model)
     load_s = time.perf_counter() - t0
     tally = AttentionTally()
-    print(f"model {args.model}: {len(prompts)} prompts x {len(seeds)} seeds, {args.steps} steps, CFG {args.cfg}")
+    print(f"model {args.model}: {len(prompts)} prompts x {len(seeds)} seeds, {args.steps} steps, "
+          f"CFG {args.cfg}")
     main_set = evaluate(pipe, prompts, seeds, args.steps, args.cfg, args.batch, tally, args.attn_images)
     result: dict[str, object] = {
-        "model": args.model, "steps": args.steps, "cfg": args.cfg, "seeds": seeds, "load_seconds": round(load_s, 2),
+        "model": args.model, "steps": args.steps, "cfg": args.cfg, "seeds": seeds,
+        "load_seconds": round(load_s, 2),
         **main_set,
     }
     if triples:

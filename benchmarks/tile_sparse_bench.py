@@ -64,7 +64,8 @@ def compare(
         bm = tile_block_mask(geometry, k_global)
         keep = group_keep(geometry, k_global, "first")
         fns[f"flex_k{k_global}"] = lambda bm=bm: blockmask.flex_attend(q, k, v, bm)
-        fns[f"gather_k{k_global}"] = lambda keep=keep: blockmask.gather_attend(q, k, v, groups, keep)
+        plan = blockmask.gather_plan(groups, keep)  # cached per geometry in the processors
+        fns[f"gather_k{k_global}"] = lambda plan=plan: blockmask.gather_attend(q, k, v, plan)
     t = time_interleaved(fns, repeats)
     rows = []
     for k_global in ks:
@@ -90,25 +91,34 @@ def compare(
 def frame_scaling(
     frames_list: list[int], tpf: int, k_global: int, repeats: int, heads: int, dim: int
 ) -> list[dict]:
-    """Time per frame for compiled flex (should stay flat) and dense SDPA (grows linearly in F)."""
+    """Time per frame for compiled flex and gathered SDPA (flat in F) and dense SDPA (grows with F)."""
     rows = []
     for frames in frames_list:
         geometry = VideoGeometry(frames, tpf)
         gen = torch.Generator().manual_seed(frames)
         q, k, v = (torch.randn(1, heads, geometry.seq_len, dim, generator=gen) for _ in range(3))
         bm = tile_block_mask(geometry, k_global)
-        fns = {"sdpa": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
-               "flex": lambda q=q, k=k, v=v, bm=bm: blockmask.flex_attend(q, k, v, bm)}
+        plan = blockmask.gather_plan(geometry.groups(), group_keep(geometry, k_global, "first"))
+        fns = {
+            "sdpa": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
+            "flex": lambda q=q, k=k, v=v, bm=bm: blockmask.flex_attend(q, k, v, bm),
+            "gather": lambda q=q, k=k, v=v, plan=plan: blockmask.gather_attend(q, k, v, plan),
+        }
         t = time_interleaved(fns, repeats)
         rows.append({"frames": frames, "seq_len": geometry.seq_len, "k": k_global,
                      "flex_ms_per_frame": round(1e3 * t["flex"] / frames, 3),
-                     "sdpa_ms_per_frame": round(1e3 * t["sdpa"] / frames, 3)})
+                     "gather_ms_per_frame": round(1e3 * t["gather"] / frames, 3),
+                     "sdpa_ms_per_frame": round(1e3 * t["sdpa"] / frames, 3),
+                     "kept_tiles_per_frame": round(kept_tile_fraction(frames, k_global) * frames, 3)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def mask_build_ms(geometry: VideoGeometry, k_global: int, repeats: int) -> float:
-    """Median time of an uncached analytic BlockMask build (group labels + keep + from_kv_blocks)."""
+    """Median time of an uncached analytic BlockMask build (group labels + keep + from_kv_blocks).
+
+    Inference masks (no backward index), as the processors build them.
+    """
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -140,6 +150,7 @@ def main() -> None:
         return next(r[key] for r in rows if r["frames"] == frames and r["k"] == k)
 
     per_frame = [r["flex_ms_per_frame"] for r in scaling]
+    gather_per_frame = [r["gather_ms_per_frame"] for r in scaling]
     dense_per_frame = [r["sdpa_ms_per_frame"] for r in scaling]
     result = {
         "speedup_fp32_s729": pick(fp32, 24, 3, "speedup_flex"),
@@ -149,6 +160,7 @@ def main() -> None:
         "gather_speedup_fp32_s469": pick(fp32, 8, 2, "speedup_gather"),
         "gather_speedup_bf16_s729": pick(bf16, 24, 3, "speedup_gather"),
         "per_frame_time_ratio": round(max(per_frame) / min(per_frame), 3),
+        "gather_per_frame_time_ratio": round(max(gather_per_frame) / min(gather_per_frame), 3),
         "dense_per_frame_growth": round(dense_per_frame[-1] / dense_per_frame[0], 3),
         "mask_build_ms": round(build_ms, 2),
         "mask_build_seq_len": 24 * 3600,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -134,6 +135,8 @@ def check_request(pipe: Any, *, num_frames: int, height: int, width: int, num_in
     patch = pipe.transformer.config.patch_size
     patch_hw = patch[1] if isinstance(patch, (tuple, list)) else patch
     spatial = int(pipe.vae_scale_factor_spatial) * int(patch_hw)
+    if video_family(pipe) == "wan":  # WanPipeline.check_inputs also demands multiples of 16
+        spatial = math.lcm(spatial, 16)
     if num_frames < 1 or (num_frames - 1) % temporal:
         lower = max(1, (num_frames - 1) // temporal * temporal + 1)
         raise ValueError(f"num_frames must be {temporal}k+1 for this model (got {num_frames}); "
@@ -141,7 +144,7 @@ def check_request(pipe: Any, *, num_frames: int, height: int, width: int, num_in
     for label, value in (("height", height), ("width", width)):
         if value < spatial or value % spatial:
             raise ValueError(f"{label} must be a positive multiple of {spatial} for this model "
-                             f"(VAE x{pipe.vae_scale_factor_spatial} times patch {patch_hw}); got {value}.")
+                             f"(VAE x{pipe.vae_scale_factor_spatial}, patch {patch_hw}); got {value}.")
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
     if not np.isfinite(guidance_scale) or guidance_scale < 0:

@@ -127,13 +127,15 @@ def test_bad_job_fails_alone_and_resume_skips_finished(tmp_path, model_dir):
         DEFAULTS, {"prompt": PROMPTS[0]}, {"prompt": "frames not 4k+1", "frames": 6},
         {"prompt": PROMPTS[1], "size": [48, 32], "frames": 9},
         {"prompt": "no such kernel", "attention": "flash"},
-        {"prompt": PROMPTS[2], "negative_prompt": "blurry"}])
+        {"prompt": PROMPTS[2], "negative_prompt": "blurry"},
+        {"prompt": "misspelt option", "attention": "tile_sparse", "attention_options": {"kk": 1}}])
     out = tmp_path / "out"
     assert run(jobs_file, out, model_dir) == 1  # some jobs failed -> exit code 1, the batch still finished
     s = summary(out)
-    assert (s["jobs"], s["done"], s["failed"], s["skipped"]) == (5, 3, 2, 0)
-    assert [e["line"] for e in s["errors"]] == [3, 5]
+    assert (s["jobs"], s["done"], s["failed"], s["skipped"]) == (6, 3, 3, 0)
+    assert [e["line"] for e in s["errors"]] == [3, 5, 7]
     assert "4k+1" in s["errors"][0]["error"] and "attention must be one of" in s["errors"][1]["error"]
+    assert "tile_sparse" in s["errors"][2]["error"]  # unknown option, or the technique not installed
     for index, shape in [(0, (5, 32, 32, 3)), (2, (9, 32, 48, 3)), (4, (5, 32, 32, 3))]:
         assert read_mp4(out / f"{index:05d}.mp4").shape == shape  # requested frames and size
         side = json.loads((out / f"{index:05d}.json").read_text())
@@ -142,21 +144,37 @@ def test_bad_job_fails_alone_and_resume_skips_finished(tmp_path, model_dir):
     assert not (out / "00001.mp4").exists()
     assert json.loads((out / "00001.json").read_text())["status"] == "failed"
     lines = manifest(out)
-    assert sorted(r["index"] for r in lines) == [0, 1, 2, 3, 4]
+    assert sorted(r["index"] for r in lines) == [0, 1, 2, 3, 4, 5]
     statuses = [r["status"] for r in sorted(lines, key=lambda r: r["index"])]
-    assert statuses == ["done", "failed", "done", "failed", "done"]
+    assert statuses == ["done", "failed", "done", "failed", "done", "failed"]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
 
     assert run(jobs_file, out, model_dir) == 0  # resume: nothing to do, failed jobs not retried
     s = summary(out)
-    assert (s["done"], s["failed"], s["skipped"], s["skipped_failed"]) == (0, 0, 5, 2)
+    assert (s["done"], s["failed"], s["skipped"], s["skipped_failed"]) == (0, 0, 6, 3)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == before
-    assert len(manifest(out)) == 5
+    assert len(manifest(out)) == 6
 
     assert run(jobs_file, out, model_dir, "--retry-failed") == 1  # retried, fail again, still one line each
     s = summary(out)
-    assert (s["done"], s["failed"], s["skipped"]) == (0, 2, 3)
-    assert sorted(r["index"] for r in manifest(out)) == [0, 1, 2, 3, 4]
+    assert (s["done"], s["failed"], s["skipped"]) == (0, 3, 3)
+    assert sorted(r["index"] for r in manifest(out)) == [0, 1, 2, 3, 4, 5]
+
+
+def test_technique_job_records_its_config(tmp_path, model_dir):
+    tile_sparse = pytest.importorskip("attn_processors.tile_sparse")
+    if not hasattr(tile_sparse, "TileSparseConfig"):
+        pytest.skip("TileSparseConfig not written yet")
+    options = {"k": 1, "dense_blocks": 0, "dense_steps": 0.0}
+    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [DEFAULTS, {"prompt": PROMPTS[0]},
+                                                      {"prompt": PROMPTS[0], "attention": "tile_sparse",
+                                                       "attention_options": options}])
+    out = tmp_path / "out"
+    assert run(jobs_file, out, model_dir, "--base-seed", "5", "--quality", "lossless") == 0
+    dense, sparse = (json.loads((out / f"{i:05d}.json").read_text()) for i in (0, 1))
+    assert sparse["attention"] == {"technique": "tile_sparse", "options": options}
+    assert (dense["seed"], sparse["seed"]) == (5, 6)
+    assert read_mp4(out / "00001.mp4").shape == (5, 32, 32, 3)
 
 
 def test_resume_redoes_corrupt_or_unfinished_outputs(tmp_path, model_dir):
@@ -250,7 +268,10 @@ def test_killed_run_resumes_to_exactly_one_output_per_job(tmp_path, shared_jobs,
     proc = torchrun(jobs_file, out, model_dir, "--no-progress")
     deadline = time.monotonic() + 300
     while not ((out / "manifest.jsonl").exists() and (out / "manifest.jsonl").read_text().strip()):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before any job finished"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            pytest.fail(f"the run ended or stalled before any job finished:\n{proc.communicate()[1][-3000:]}")
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)  # like Ctrl-C / a scheduler: torchrun passes it to both workers
     proc.communicate(timeout=120)

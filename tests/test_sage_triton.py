@@ -111,8 +111,9 @@ def test_custom_op_fake_and_schema(interpreter):
     pre = quantize_qk(q, k, spec, 0.25)
     vq, vs = quantize_v(v, spec)
     ints = (pre["q_int"].to(torch.int8), pre["k_int"].to(torch.int8), pre["q_scale"], pre["k_scale"])
-    fp8 = ints + (vq.to(torch.float8_e4m3fn), vs[..., 0, :] / 448, False, torch.float32, 64, 64)
-    fp16 = ints + (v.half(), torch.ones(1, 1, 32), True, torch.float32, 64, 64)
+    v8 = vq.to(torch.float8_e4m3fn).transpose(-1, -2).contiguous()  # [B, H, D, N]
+    fp8 = ints + (v8, vs[..., 0, :] / 448, False, torch.float32, 64, 64)
+    fp16 = ints + (v.half().transpose(-1, -2).contiguous(), torch.ones(1, 1, 32), True, torch.float32, 64, 64)
     # torch's schema checker compares with allclose, which has no CPU kernel for float8: fp16 V only
     torch.library.opcheck(interpreter.sage_int8_attn, fp16)
     torch.library.opcheck(interpreter.sage_int8_attn, fp8,

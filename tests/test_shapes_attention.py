@@ -63,7 +63,8 @@ def test_probe_matches_stock_attention_and_restores():
     tok = build_tokenizer()
     unet, te = build_unet().eval(), build_text_encoder(tok).eval()
     unet.set_attn_processor(AttnProcessor())
-    ids = tok(["a red circle and a blue square"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    ids = tok(["a red circle and a blue square"], padding="max_length", max_length=16,
+              return_tensors="pt").input_ids
     x, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
     with torch.no_grad():
         text = te(ids)[0]

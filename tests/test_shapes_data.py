@@ -39,7 +39,8 @@ def test_scenes_follow_the_grammar_and_constraints():
 
 
 def test_caption_grammar_round_trip_and_errors():
-    phrases = [object_phrase("red", "circle"), object_phrase("blue", "square"), object_phrase("yellow", "triangle")]
+    pairs = (("red", "circle"), ("blue", "square"), ("yellow", "triangle"))
+    phrases = [object_phrase(c, s) for c, s in pairs]
     assert caption(phrases) == "a red circle, a blue square and a yellow triangle"
     assert caption(phrases[:2]) == "a red circle and a blue square"
     assert parse_caption(caption(phrases)) == [("red", "circle"), ("blue", "square"), ("yellow", "triangle")]

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import attn_processors.tile_sparse as ts
 from attn_processors.core import blockmask
 from attn_processors.tile_sparse import (
     VideoGeometry,
@@ -96,22 +97,32 @@ def test_dispatch_never_picks_eager_flex(monkeypatch):
     assert dispatch(short, 4)[0] == "dense"
     assert dispatch(short, 1)[0] == "sdpa_masked"
     long = VideoGeometry(24, 256)  # S = 6144
-    method, reason = dispatch(long, 3)
+    assert dispatch(long, 3, device="cpu")[0] == "gather"  # measured faster than flex on CPU
+    method, reason = dispatch(long, 3, device="cuda")  # decided without touching a GPU
     assert method == ("flex" if blockmask.compiled_flex() is not None else "sdpa_masked"), reason
-    assert dispatch(long, 20)[0] == "sdpa_masked"  # block sparsity 0.03 < 0.25: flex would not pay
-    assert dispatch(VideoGeometry(24, 512), 20)[0] == "gather"  # S = 12 288: no S^2 bool mask
+    assert dispatch(long, 20, device="cuda")[0] == "sdpa_masked"  # block sparsity 0.03 < 0.25
+    assert dispatch(VideoGeometry(24, 512), 20, device="cuda")[0] == "gather"  # S = 12 288: no S^2 mask
     # without a compiler: flex_attend refuses (no eager fallback) and auto takes an exact SDPA path
     monkeypatch.setattr(blockmask, "compiled_flex", lambda: None)
     q = torch.zeros(1, 1, 16, 8)
     with pytest.raises(RuntimeError, match="compiled flex attention unavailable"):
         blockmask.flex_attend(q, q, q, None)
-    assert dispatch(long, 3)[0] == "sdpa_masked"
-    assert dispatch(VideoGeometry(24, 512), 3) == ("gather", "compiled flex attention is unavailable")
+    assert dispatch(long, 3, device="cuda") == ("sdpa_masked", "compiled flex attention is unavailable")
+    assert dispatch(VideoGeometry(24, 512), 3, device="cuda")[0] == "gather"
 
 
-def test_auto_without_compiler_is_exact_at_long_sequences(monkeypatch):
+def test_forced_flex_without_compiler_falls_back_exactly(monkeypatch):
     monkeypatch.setattr(blockmask, "compiled_flex", lambda: None)
-    frames, tpf = 9, 1000  # S = 9 000 > MAX_MASKED_SDPA_SEQ_LEN: the gathered path
+    monkeypatch.setattr(ts, "_flex_failed", set())  # the failure is remembered there; restored after
+    q, k, v = _qkv(4 * 20 + 3)
+    out = tile_sparse_attention(q, k, v, frames=4, tokens_per_frame=20, k_global=1, text_tokens=3,
+                                text_position="last", method="flex")
+    torch.testing.assert_close(out, _masked_sdpa(q, k, v, 4, 20, 1, "first", 3, "last"), atol=1e-5, rtol=0)
+    assert ts._flex_failed == {"cpu"}
+
+
+def test_auto_at_long_sequences_is_exact():
+    frames, tpf = 9, 1000  # S = 9 000: the gathered path on CPU
     q, k, v = _qkv(frames * tpf, b=1, h=1, d=8)
     out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=2)
     rows = torch.arange(0, frames * tpf, 97)  # reference on a row subset (the full mask is 81 M entries)

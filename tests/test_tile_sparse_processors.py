@@ -154,3 +154,26 @@ def test_calibration_recall_matches_tile_recall(tiny_pipe_cache):
     q, k = captured["qk"]
     expected = ts.tile_recall(q, k, ts.VideoGeometry(3, 16), 1).mean().item()
     assert total / count == pytest.approx(expected, abs=1e-5)
+
+
+def test_tile_sparse_plus_sage_composes_as_one_kernel(tiny_pipe_cache):
+    """kernel=SageConfig: the inner kernel runs on each query group's kept keys (pipelines/video.py rule)."""
+    from attn_processors.sage.technique import SageConfig
+
+    pipe = tiny_pipe_cache("wan")
+    base = dict(dense_steps=0.0, dense_blocks=0)
+    with apply(pipe, TileSparseConfig(k=1, **base)):
+        tile = _video(pipe, "wan", steps=2)
+    exact_inner = TileSparseConfig(k=1, kernel=SageConfig(backend="sdpa", min_kv_len=0), **base)
+    assert config_from_json(config_to_json(exact_inner)) == exact_inner
+    with apply(pipe, exact_inner):  # an exact inner kernel: the same video as tile-sparse alone
+        torch.testing.assert_close(_video(pipe, "wan", steps=2), tile, atol=1e-5, rtol=0)
+    sim = SageConfig(backend="simulate", min_kv_len=0)
+    with apply(pipe, SageConfig(backend="simulate", min_kv_len=0, layers=TileSparseConfig().layers)):
+        sage_only = _video(pipe, "wan", steps=2)
+    with apply(pipe, TileSparseConfig(k=5, kernel=sim, **base)):  # full mask: Sage on every key
+        torch.testing.assert_close(_video(pipe, "wan", steps=2), sage_only, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="dense_steps"):
+        TileSparseConfig(kernel=SageConfig(dense_steps=0.2))
+    with pytest.raises(ValueError, match="SageConfig"):
+        TileSparseConfig(kernel=TileSparseConfig())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -163,3 +164,50 @@ def test_flow_sigmas_follow_the_sampler_shift():
     assert 0 < s.min() and s.max() < 1
     # shift 3 maps the median u=0.5 to 0.75
     assert abs(s.median().item() - 0.75) < 0.01
+
+
+def test_training_summary_reads_the_log(tmp_path):
+    from attn_processors.shapes.export_video import training_summary
+
+    recs = [
+        {"time": 0.0, "stage": "vae", "step": 20, "loss": 0.5},
+        {"time": 600.0, "stage": "vae", "step": 40, "loss": 0.2},
+        {"time": 610.0, "stage": "vae", "done": True, "psnr_full": 28.5},
+        {"time": 620.0, "stage": "cache", "clips": 64},
+        {"time": 680.0, "stage": "dit", "step": 50, "loss": 0.3},
+        {"time": 3680.0, "stage": "dit", "step": 100, "loss": 0.1},
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    s = training_summary(tmp_path)
+    assert s["vae"]["steps"] == 40 and s["vae"]["psnr_full"] == 28.5 and s["vae"]["wall_minutes"] == 10.2
+    assert s["cache"]["clips"] == 64
+    assert s["dit"]["steps"] == 100 and s["dit"]["wall_minutes"] == 50.0 and s["dit"]["last"]["loss"] == 0.1
+
+
+@pytest.mark.slow
+def test_training_script_runs_resumes_and_exports(tmp_path):
+    from diffusers import WanPipeline
+
+    from attn_processors.shapes.export_video import main as export_main
+
+    args = [
+        "--out",
+        str(tmp_path / "run"),
+        "--vae-steps",
+        "4",
+        "--vae-batch",
+        "4",
+        "--cache-size",
+        "8",
+        "--dit-steps",
+        "3",
+        "--dit-batch",
+        "2",
+    ]
+    tv.main(args)
+    tv.main([*args[:-4], "--dit-steps", "5", "--dit-batch", "2"])  # resumes from step 3
+    assert torch.load(tmp_path / "run" / "dit.pt", weights_only=False)["step"] == 5
+    export_main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "asset")])
+    pipe = WanPipeline.from_pretrained(tmp_path / "asset")
+    assert pipe.vae.config.latents_std != [1.0] * vm.Z_DIM
+    assert (tmp_path / "asset" / "MODEL_CARD.md").exists()

@@ -32,8 +32,9 @@ def _write_and_decode_mp4(frames: np.ndarray, path: Path) -> np.ndarray:
     import imageio_ffmpeg
 
     t, h, w, _ = frames.shape
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=8, codec="libx264", quality=8,
-                                         pix_fmt_out="yuv420p", macro_block_size=16)
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=8, codec="libx264", quality=8, pix_fmt_out="yuv420p", macro_block_size=16
+    )
     writer.send(None)
     for f in frames:
         writer.send(np.ascontiguousarray(f))
@@ -55,8 +56,16 @@ def test_asset_is_small_standard_and_documented():
 
 
 def test_generates_a_decodable_mp4_of_the_requested_frames(pipe, tmp_path):
-    out = pipe("a red circle moving right", num_frames=9, height=64, width=64, num_inference_steps=4,
-               guidance_scale=4.0, generator=torch.Generator().manual_seed(0), output_type="np")
+    out = pipe(
+        "a red circle moving right",
+        num_frames=9,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     frames = np.clip(np.rint(out.frames[0] * 255), 0, 255).astype(np.uint8)
     assert frames.shape == (9, 64, 64, 3)
     decoded = _write_and_decode_mp4(frames, tmp_path / "clip.mp4")
@@ -70,9 +79,17 @@ def test_self_attention_has_frame_tile_structure(pipe):
     saved = pipe.transformer.attn_processors
     probes = install_probes(pipe.transformer, frames=5, record=True)
     try:
-        pipe(["a blue square moving up", "a yellow triangle moving left"], num_frames=17, height=64, width=64,
-             num_inference_steps=4, guidance_scale=4.0, max_sequence_length=32,
-             generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="latent")
+        pipe(
+            ["a blue square moving up", "a yellow triangle moving left"],
+            num_frames=17,
+            height=64,
+            width=64,
+            num_inference_steps=4,
+            guidance_scale=4.0,
+            max_sequence_length=32,
+            generator=[torch.Generator().manual_seed(i) for i in range(2)],
+            output_type="latent",
+        )
     finally:
         pipe.transformer.set_attn_processor(saved)
     ratios = [float(torch.cat(p.history).mean()) * 5 for p in probes]

@@ -88,6 +88,23 @@ def test_techniques_run_or_say_they_are_unavailable(wan, attention, module):
     assert out.frames.shape == (5, 32, 32, 3) and out.attention == attention
 
 
+def test_tile_sparse_installs_through_the_core(wan):
+    tile_sparse = pytest.importorskip("attn_processors.tile_sparse")
+    if not hasattr(tile_sparse, "TileSparseConfig"):
+        pytest.skip("TileSparseConfig not written yet")
+    kw = {**TINY, "num_frames": 17, "num_inference_steps": 3}  # 5 latent frames
+    everywhere = {"dense_blocks": 0, "dense_steps": 0.0}
+    dense = generate_video(wan, "a red circle", seed=0, **kw).frames
+    full = generate_video(wan, "a red circle", seed=0, attention="tile_sparse",
+                          attention_options={"k": 5, **everywhere}, **kw).frames  # k = F keeps every tile
+    sparse = generate_video(wan, "a red circle", seed=0, attention="tile_sparse",
+                            attention_options={"k": 1, **everywhere}, **kw).frames
+    assert np.array_equal(full, dense) and not np.array_equal(sparse, dense)
+    assert all(type(p).__name__ != "TileSparseProcessor" for p in wan.transformer.attn_processors.values())
+    with pytest.raises(ValueError, match=r"invalid tile_sparse attention_options \['kk'\]"):
+        generate_video(wan, "a red circle", attention="tile_sparse", attention_options={"kk": 1}, **TINY)
+
+
 def test_composition_is_explicit(wan):
     try:
         out = generate_video(wan, "a red circle", seed=0, attention="tile_sparse+sage", **TINY)

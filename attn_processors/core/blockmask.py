@@ -91,18 +91,32 @@ def block_structure(
 
 
 def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bool [nq, nkv] -> (num [1, 1, nq] int32, indices [1, 1, nq, nkv] int32, kept blocks first)."""
+    """Bool [nq, nkv] -> (num [1, 1, nq] int32, indices [1, 1, nq, nkv] int32).
+
+    Row i lists its kept block indices ascending in its first num[i] entries (flex reads only those;
+    the rest stay 0). Built from nonzero() in O(nq nkv), no sort.
+    """
     num = blocks.sum(-1, dtype=torch.int32)
-    idx = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    rows, cols = blocks.nonzero(as_tuple=True)  # row-major: each row's columns ascending
+    starts = torch.cumsum(num, 0) - num  # first nonzero of each row
+    rank = torch.arange(rows.numel(), device=blocks.device) - starts[rows]
+    idx = torch.zeros(blocks.shape, dtype=torch.int32, device=blocks.device)
+    idx[rows, rank] = cols.to(torch.int32)
     return num[None, None], idx[None, None]
 
 
 def group_block_mask(
-    groups: torch.Tensor, keep: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE
+    groups: torch.Tensor,
+    keep: torch.Tensor,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    *,
+    for_backward: bool = False,
 ) -> BlockMask:
     """BlockMask (B = H = 1, broadcast) for keep[groups[i], groups[j]], built without create_block_mask.
 
     groups: LongTensor [S] on the target device; keep: BoolTensor [G, G] on the same device.
+    for_backward: also build the transposed (query-block) index only the backward pass reads;
+    inference skips it (it is most of the build: ~100 ms at S = 86 400 on a CPU).
     """
     if groups.dim() != 1 or groups.dtype != torch.long:
         raise ValueError(
@@ -124,6 +138,7 @@ def group_block_mask(
         BLOCK_SIZE=block_size,
         mask_mod=group_mask_mod(padded, keep),
         seq_lengths=(seq_len, seq_len),
+        compute_q_blocks=for_backward,
     )
 
 
@@ -178,33 +193,51 @@ def dense_group_mask(groups: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def gather_attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    groups: torch.Tensor,
-    keep: torch.Tensor,
-    *,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """Exact group-masked attention without a mask or compiler: one SDPA per distinct key-group set.
+GatherPlan = list[tuple[torch.Tensor, torch.Tensor | None]]  # (query rows, key columns or None = all)
 
-    Query groups whose kept key groups coincide (e.g. text and global frames, which see everything)
-    share one call. Cost is the kept (query, key) token pairs plus gathering their keys, so it skips
-    dropped tiles like flex does. q, k, v: [B, H, S, D]; returns [B, H, S, D].
+
+def gather_plan(groups: torch.Tensor, keep: torch.Tensor) -> GatherPlan:
+    """Index plan of ``gather_attend``: one (rows, cols) pair per distinct kept-key set.
+
+    Query groups whose kept key groups coincide (text and global frames, which see everything) share
+    one entry. Build it once per geometry (it syncs with the device) and reuse it across calls.
     """
     keep = keep.to(device=groups.device, dtype=torch.bool)
-    out = torch.empty_like(q)
     present = torch.unique(groups)
     by_keyset: dict[bytes, list[int]] = {}
     for g in present.tolist():
         by_keyset.setdefault(bytes(keep[g, present].tolist()), []).append(g)
+    plan: GatherPlan = []
     for query_groups in by_keyset.values():
         rows = torch.isin(groups, torch.tensor(query_groups, device=groups.device)).nonzero().squeeze(1)
         cols = keep[query_groups[0]][groups].nonzero().squeeze(1)  # key tokens this set attends to
-        contiguous = cols.numel() == groups.numel()
-        kk, vv = (k, v) if contiguous else (k.index_select(2, cols), v.index_select(2, cols))
-        out.index_copy_(2, rows, F.scaled_dot_product_attention(q.index_select(2, rows), kk, vv, scale=scale))
+        plan.append((rows, None if cols.numel() == groups.numel() else cols))
+    return plan
+
+
+def gather_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: GatherPlan,
+    *,
+    scale: float | None = None,
+    attend: Callable[..., torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Exact group-masked attention without a mask or compiler: one kernel call per plan entry.
+
+    Each call sees only its kept keys, so the cost is the kept (query, key) pairs plus the key
+    gathers: dropped tiles are skipped as in flex. ``attend(q, k, v, *, mask=None, scale=None)`` is
+    the kernel run on each group (SDPA by default; a quantized kernel composes here).
+    q, k, v: [B, H, S, D]; returns [B, H, S, D].
+    """
+    out = torch.empty_like(q)
+    for rows, cols in plan:
+        kk, vv = (k, v) if cols is None else (k.index_select(2, cols), v.index_select(2, cols))
+        qq = q.index_select(2, rows)
+        part = F.scaled_dot_product_attention(qq, kk, vv, scale=scale) if attend is None else attend(
+            qq, kk, vv, scale=scale)
+        out.index_copy_(2, rows, part.to(out.dtype))
     return out
 
 

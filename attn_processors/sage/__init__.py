@@ -1,8 +1,13 @@
-"""SageAttention2 quantized attention (arXiv 2411.10958): simulator, Triton kernel, dispatch.
+"""SageAttention2 quantized attention (arXiv 2411.10958): simulator, Triton kernel, dispatch, processors.
 
-``sageattn(q, k, v, ...)`` has the upstream package's call shape. ``simulate`` is the
-pure-PyTorch oracle; the Triton kernel lives in ``triton_kernel`` and imports lazily.
+``sageattn(q, k, v, ...)`` has the upstream package's call shape. ``simulate`` is the pure-PyTorch
+oracle; the Triton kernel (``triton_kernel``) imports lazily. ``SageConfig`` (the technique for
+``apply(pipe, SageConfig(...))``), ``SageProcessor``, ``calibrate`` and ``write_policy`` load the
+Diffusers-facing modules on first access, so the maths stays importable without them.
 """
+
+from importlib import import_module
+from typing import Any
 
 from .dispatch import (
     BACKENDS,
@@ -20,8 +25,18 @@ from .quant import ARCH_PRESETS, GRANULARITIES, Tiles
 from .reference import simulate
 from .spec import MODES, SageSpec, spec_for
 
+_LAZY = {"SageConfig": "technique", "SageProcessor": "technique", "sage_report": "technique",
+         "load_policy": "technique", "calibrate": "calibration", "write_policy": "calibration",
+         "SageCalibration": "calibration"}
+
 __all__ = [
     "ARCH_PRESETS", "BACKENDS", "FALLBACKS", "GRANULARITIES", "KERNEL_CALLS", "MAX_HEAD_DIM", "MIN_KV_LEN",
     "MODES", "SageSpec", "Tiles", "choose_kernel", "detect_arch", "reset_counters", "sageattn",
-    "sdpa_attention", "simulate", "spec_for",
+    "sdpa_attention", "simulate", "spec_for", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ are never written to (SageAttention 1.0.6 subtracted the K mean in place).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import math
@@ -56,15 +57,21 @@ def reset_counters() -> None:
     _warned.clear()
 
 
-def detect_arch(device: torch.device) -> str | None:
-    """Upstream's arch key for a CUDA device (``"sm90"`` on H100/H200), None on CPU or unknown GPUs."""
-    if device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
+@functools.cache
+def _arch_of(index: int) -> str | None:
+    major, minor = torch.cuda.get_device_capability(index)
     return {(8, 0): "sm80", (8, 6): "sm86", (8, 7): "sm86", (8, 9): "sm89", (9, 0): "sm90"}.get(
         (major, minor), "sm120" if major == 12 else None)
 
 
+def detect_arch(device: torch.device) -> str | None:
+    """Upstream's arch key for a CUDA device (``"sm90"`` on H100/H200), None on CPU or unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
 def upstream_version() -> tuple[int, ...] | None:
     """Installed ``sageattention`` version, or None (the package is an optional import)."""
     try:
@@ -74,6 +81,7 @@ def upstream_version() -> tuple[int, ...] | None:
     return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
 
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

@@ -16,9 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+
+from .detector import detect
+from .vocab import parse_caption
+
 
 # Token position of the j-th object's colour and shape words in "<bos> a c s , a c s and a c s <eos>".
 def colour_position(j: int) -> int:
@@ -71,8 +76,10 @@ def cross_attention_names(unet: torch.nn.Module) -> list[str]:
 def install_probes(unet: torch.nn.Module, sink: Callable[[str, torch.Tensor], None]) -> dict:
     """Put a probe on every attn2 layer; returns the previous processors (pass to ``restore``)."""
     previous = dict(unet.attn_processors)
-    procs = {k: (CrossAttentionProbe(k.removesuffix(".processor"), sink) if k.endswith("attn2.processor") else p)
-             for k, p in previous.items()}
+    procs = {
+        k: CrossAttentionProbe(k.removesuffix(".processor"), sink) if k.endswith("attn2.processor") else p
+        for k, p in previous.items()
+    }
     unet.set_attn_processor(procs)
     return previous
 
@@ -129,7 +136,8 @@ def word_localisation(word_map: torch.Tensor, box: torch.Tensor) -> tuple[float,
 def upsample_map(layer_map: torch.Tensor, size: int) -> torch.Tensor:
     """(N,) map of an r x r layer -> (size, size) bilinear."""
     r = int(math.isqrt(layer_map.numel()))
-    return F.interpolate(layer_map.view(1, 1, r, r), size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    grid = layer_map.view(1, 1, r, r)
+    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
 
 
 class MapAccumulator:
@@ -151,3 +159,74 @@ class MapAccumulator:
 
     def reset(self) -> None:
         self.maps = {}
+
+
+def layer_label(name: str, n_tokens: int) -> str:
+    r = int(round(n_tokens**0.5))
+    return f"{name.replace('.transformer_blocks.0.attn2', '').replace('attentions.', 'attn')} ({r}x{r})"
+
+
+class AttentionTally:
+    """Per-layer and layer-averaged localisation of colour words, accumulated over images."""
+
+    def __init__(self) -> None:
+        self.per_layer: dict[str, list[tuple[float, bool]]] = {}
+        self.averaged: list[tuple[float, bool]] = []
+        self.images = 0
+
+    def add(self, maps: dict[str, torch.Tensor], images: list[np.ndarray], prompts: list[str]) -> None:
+        for b, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+            self.images += 1
+            found = {d.colour: d for d in detect(image)}
+            size = image.shape[0]
+            for j, (colour, _) in enumerate(parse_caption(prompt)):
+                if colour not in found:  # no object of that colour: nothing to localise against
+                    continue
+                box = torch.tensor(found[colour].box)
+                ups = []
+                for name, m in maps.items():
+                    up = upsample_map(m[b, :, colour_position(j)], size)
+                    up = up / up.sum().clamp_min(1e-12)
+                    ups.append(up)
+                    label = layer_label(name, m.shape[1])
+                    self.per_layer.setdefault(label, []).append(word_localisation(up, box))
+                self.averaged.append(word_localisation(torch.stack(ups).mean(0), box))
+
+    @staticmethod
+    def summarise(items: list[tuple[float, bool]]) -> dict[str, float | int | None]:
+        if not items:
+            return {"mass_ratio": None, "peak_in_box": None, "words": 0}
+        return {"mass_ratio": round(float(np.mean([m for m, _ in items])), 3),
+                "peak_in_box": round(float(np.mean([p for _, p in items])), 3), "words": len(items)}
+
+    def report(self) -> dict[str, object]:
+        layers = {k: self.summarise(v) for k, v in self.per_layer.items()}
+        return {
+            "images": self.images,
+            "layers": layers,
+            "layer_mean": {
+                key: round(float(np.mean([v[key] for v in layers.values()])), 3) if layers else None
+                for key in ("mass_ratio", "peak_in_box")
+            },
+            "maps_averaged_over_layers": self.summarise(self.averaged),
+        }
+
+
+@torch.no_grad()
+def measure(
+    pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 4.0
+) -> dict[str, object]:
+    """Generate one image per (prompt, seed) and tally colour-word localisation (see AttentionTally)."""
+    tally = AttentionTally()
+    for seed in seeds:
+        acc = MapAccumulator(cond_half=cfg > 1.0)
+        previous = install_probes(pipe.unet, acc)
+        try:
+            gens = [torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(prompts))]
+            out = pipe(list(prompts), num_inference_steps=steps, guidance_scale=cfg, generator=gens,
+                       output_type="np").images
+        finally:
+            restore(pipe.unet, previous)
+        images = [(np.clip(x, 0, 1) * 255).round().astype(np.uint8) for x in out]
+        tally.add(acc.maps, images, list(prompts))
+    return tally.report()

@@ -46,7 +46,9 @@ class Scene:
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...], margin: float) -> bool:
-    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+    apart_x = a[2] + margin <= b[0] or b[2] + margin <= a[0]
+    apart_y = a[3] + margin <= b[1] or b[3] + margin <= a[1]
+    return not (apart_x or apart_y)
 
 
 def sample_objects(rng: np.random.Generator, n_objects: int, size: int = 64) -> list[SceneObject]:
@@ -63,7 +65,7 @@ def sample_objects(rng: np.random.Generator, n_objects: int, size: int = 64) -> 
         if all(not _overlaps(box, b, MARGIN * scale) for b in boxes):
             boxes.append(box)
     objects = []
-    for c, box in zip(colours, boxes):
+    for c, box in zip(colours, boxes, strict=True):
         colour = COLOURS[int(c)]
         jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
         rgb = tuple(int(v) for v in np.clip(np.array(COLOUR_RGB[colour]) + jitter, 0, 255))

@@ -26,7 +26,9 @@ def load_run(run: Path, use_ema: bool = True) -> StableDiffusionPipeline:
     """Pipeline (fp32, CPU) from ``run/unet_ckpt.pt`` and ``run/vae``."""
     ckpt = run / "unet_ckpt.pt"
     if not ckpt.exists() or not (run / "vae" / "config.json").exists():
-        raise ValueError(f"{run} has no finished VAE and UNet checkpoint; train with attn_processors.shapes.train_image")
+        raise ValueError(
+            f"{run} has no finished VAE and UNet checkpoint; train with attn_processors.shapes.train_image"
+        )
     state = torch.load(ckpt, weights_only=False, map_location="cpu")
     tok = build_tokenizer()
     unet, te = build_unet(), build_text_encoder(tok)
@@ -37,7 +39,9 @@ def load_run(run: Path, use_ema: bool = True) -> StableDiffusionPipeline:
         with torch.no_grad():
             for p, e in zip(params, state["ema"], strict=True):
                 p.copy_(e)
-    vae = AutoencoderKL.from_pretrained(run / "vae")
+    # the decoder may have been trained further with the encoder (the latent space) frozen
+    vae_dir = run / "vae_decoder" if (run / "vae_decoder" / "config.json").exists() else run / "vae"
+    vae = AutoencoderKL.from_pretrained(vae_dir)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sample_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -64,10 +68,11 @@ def export(run: Path, out: Path, fp16: bool = True) -> Path:
     with warnings.catch_warnings():  # casting before save_pretrained warns harmlessly
         warnings.simplefilter("ignore")
         pipe.save_pretrained(out, safe_serialization=True)
-    save_vocab_files(out / "tokenizer")  # the classic vocab.json + merges.txt pair as well
+    save_vocab_files(out / "tokenizer")  # also the classic vocab.json + merges.txt pair
     strip_name_or_path(out)
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in pipe.training_args.items()}
-    (out / "training.json").write_text(json.dumps({"step": pipe.training_step, "args": args}, indent=2) + "\n")
+    record = {"step": pipe.training_step, "args": args}
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 

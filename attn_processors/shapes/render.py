@@ -50,9 +50,10 @@ class SceneObject:
 
 
 def render_object(draw: ImageDraw.ImageDraw, shape: str, box_px: Box, rgb: RGB | int) -> None:
-    """Draw one filled shape inscribed in ``box_px`` (pixel xyxy of the canvas ``draw`` paints on).
+    """Draw one filled shape inscribed in ``box_px`` (pixel xyxy on the canvas of ``draw``).
 
-    ``rgb`` is an int on single-channel ("L") canvases. circle: the ellipse of the box; square: the box; triangle: upright, apex at the top centre.
+    ``rgb`` is an int on single-channel ("L") canvases. circle: the ellipse of the box; square: the
+    box; triangle: upright, apex at the top centre.
     """
     x0, y0, x1, y1 = box_px
     # PIL treats x1/y1 as inclusive pixel coordinates: subtract one so the shape covers the box.

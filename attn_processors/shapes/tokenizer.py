@@ -7,7 +7,8 @@ change. Unknown words would therefore be split silently into characters: ``check
 them, and ``VocabCheckedTokenizer`` (used by ``load_pipeline``) raises on them.
 
 >>> tok = build_tokenizer()
->>> tok("a red circle").input_ids[:5] == [tok.bos_token_id, *word_ids(tok, ["a", "red", "circle"]), tok.eos_token_id]
+>>> ids = word_ids(tok, ["a", "red", "circle"])
+>>> tok("a red circle").input_ids == [tok.bos_token_id, *ids, tok.eos_token_id]
 True
 """
 
@@ -31,7 +32,8 @@ _WORD_RE = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP reversible byte -> printable unicode character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -39,13 +41,14 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Standard BPE: repeatedly merge the lowest-ranked adjacent pair."""
     while len(symbols) > 1:
-        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        adjacent = zip(symbols, symbols[1:], strict=False)
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(adjacent)]
         rank, i = min(pairs)
         if rank == 1 << 30:
             break
@@ -74,7 +77,9 @@ def build_vocab_and_merges(words: tuple[str, ...] = WORDS) -> tuple[dict[str, in
     return vocab, merges
 
 
-def build_tokenizer(words: tuple[str, ...] = WORDS, model_max_length: int = MODEL_MAX_LENGTH) -> CLIPTokenizer:
+def build_tokenizer(
+    words: tuple[str, ...] = WORDS, model_max_length: int = MODEL_MAX_LENGTH
+) -> CLIPTokenizer:
     """A CLIPTokenizer with one token per vocabulary word (pad = EOS, as in SD 1.x)."""
     vocab, merges = build_vocab_and_merges(words)
     tok = CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)

@@ -98,13 +98,67 @@ def train_vae(args: argparse.Namespace, out: Path, device: torch.device) -> None
             last_save = time.time()
     vae.eval().cpu()
     with torch.no_grad():  # SD convention: latents * scaling_factor have unit variance
-        x = scene_batch(args.seed + VAE_SEED_OFFSET, 0, 512)["pixels"]
+        x = scene_batch(args.seed + VAE_SEED_OFFSET, 0, 2 * args.eval_scenes)["pixels"]
         std = vae.encode(x).latent_dist.mode().std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
-    psnr = vae_psnr(vae, args.seed)
+    psnr = vae_psnr(vae, args.seed, args.eval_scenes)
     vae.save_pretrained(out / "vae")
     log(out, {"phase": "vae", "done": True, "steps": step, "psnr_db": round(psnr, 2),
               "scaling_factor": round(1.0 / std, 5)})
+
+
+def train_decoder(args: argparse.Namespace, out: Path, device: torch.device) -> None:
+    """Keep training the VAE decoder with the encoder frozen (SD's ft-MSE recipe).
+
+    The latent space is fixed once ``vae/`` is written, so the UNet can train on cached latents in
+    a second process while this one sharpens the decoder; ``vae_decoder/`` is re-saved at every
+    checkpoint and the export prefers it.
+    """
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "vae").to(device)
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=1e-2)
+    ckpt, step = out / "decoder_ckpt.pt", 0
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        step, gen = state["step"], state["gen"]
+    last_save, t0 = time.time(), time.time()
+
+    def save() -> None:
+        atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen}, ckpt)
+        vae.save_pretrained(out / "vae_decoder")
+        psnr = vae_psnr(vae.eval(), args.seed, args.eval_scenes // 4)
+        log(out, {"phase": "decoder", "step": step, "psnr_db": round(psnr, 2)})
+        vae.train()
+
+    while step < args.decoder_steps:
+        x = scene_batch(args.seed + VAE_SEED_OFFSET, 10**6 + step * args.vae_batch, args.vae_batch)["pixels"]
+        if torch.rand((), generator=gen) < 0.5:  # half the steps on 32x32 crops (4x cheaper)
+            i, j = (int(v) for v in torch.randint(0, 33, (2,), generator=gen))
+            x = x[:, :, i : i + 32, j : j + 32]
+        x = x.to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(out, {"phase": "decoder", "step": step, "loss": round(loss.item(), 5),
+                      "s_per_step": round((time.time() - t0) / 50, 3), "time": time.strftime("%H:%M:%S")})
+            t0 = time.time()
+        if time.time() - last_save > args.save_every:
+            save()
+            last_save = time.time()
+    save()
 
 
 # --------------------------------------------------------------------------------------- cache
@@ -148,7 +202,9 @@ def min_snr_weights(scheduler: torch.nn.Module, t: torch.Tensor, gamma: float = 
     return snr.clamp(max=gamma) / snr
 
 
-def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]) -> None:
+def train_unet(
+    args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
+) -> None:
     torch.manual_seed(args.seed)
     tok = build_tokenizer()
     unet, te = build_unet().to(device), build_text_encoder(tok).to(device)
@@ -162,7 +218,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         state = torch.load(ckpt, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"])
         te.load_state_dict(state["text_encoder"])
-        for e, s in zip(ema, state["ema"]):
+        for e, s in zip(ema, state["ema"], strict=True):
             e.copy_(s)
         opt.load_state_dict(state["opt"])
         step, gen = state["step"], state["gen"]
@@ -216,7 +272,8 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         acc["eps"] += eps.item()
         acc["ground"] += ground.item()
         if step % args.log_every == 0:
-            log(out, {"phase": "unet", "step": step, **{k: round(v / args.log_every, 5) for k, v in acc.items()},
+            means = {k: round(v / args.log_every, 5) for k, v in acc.items()}
+            log(out, {"phase": "unet", "step": step, **means,
                       "lr": lr, "s_per_step": round((time.time() - t0) / args.log_every, 3),
                       "time": time.strftime("%H:%M:%S")})
             acc = dict.fromkeys(acc, 0.0)
@@ -241,12 +298,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grounding-weight", type=float, default=0.1, help="TokenCompose token loss weight")
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--decoder-steps", type=int, default=0, help="extra decoder-only steps (--phase decoder)")
+    p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--scenes", type=int, default=30_000, help="scenes in the latent cache")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-scenes", type=int, default=256, help="held-out scenes for PSNR / latent scale")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
     p.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
     p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--phase", choices=["all", "vae", "cache", "unet"], default="all")
+    p.add_argument("--phase", choices=["all", "vae", "decoder", "cache", "unet"], default="all",
+                   help="all = vae, cache, unet; 'decoder' may run in a second process beside 'unet'")
     args = p.parse_args(argv)
     if args.steps < 0 or args.batch < 1 or args.scenes < args.batch:
         p.error("need --steps >= 0, --batch >= 1 and --scenes >= --batch")
@@ -264,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     assert MAX_OBJECTS == 3
     if args.phase in ("all", "vae"):
         train_vae(args, out, device)
+    if args.phase == "decoder":
+        train_decoder(args, out, device)
     if args.phase in ("all", "cache", "unet"):
         data = cache_latents(args, out)
         if args.phase in ("all", "unet"):

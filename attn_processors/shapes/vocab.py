@@ -78,5 +78,7 @@ def parse_caption(text: str) -> list[tuple[str, str]]:
     if not objects:
         raise ValueError("empty caption; write e.g. 'a red circle'")
     if caption([f"a {c} {s}" for c, s in objects]) != " ".join(text.split()).replace(" ,", ","):
-        raise ValueError(f"{text!r} does not follow the grammar 'a red circle, a blue square and a yellow triangle'")
+        raise ValueError(
+            f"{text!r} does not follow the grammar 'a red circle, a blue square and a yellow triangle'"
+        )
     return objects

@@ -1,0 +1,214 @@
+"""SageAttention2: accuracy of every mode against float64 attention, and (on CUDA) speed vs SDPA.
+
+Accuracy (any device, the simulator): cos and relL1 = sum|o - ref| / sum|ref| per mode and input
+kind (i.i.d. Gaussian; "real-like" with bias-outlier channels, a V channel bias and, for B, a
+log-normal token scale; see attn_processors/sage/synthetic.py).
+Speed (CUDA only): B=1, H=40, bf16, D in {64, 128}, N in {2K..32K}; our Triton kernel through
+``sageattn`` (quantization and smoothing included), upstream ``sageattention.sageattn`` if
+importable, and ``F.scaled_dot_product_attention`` (the backend torch chose is inferred by timing
+each forced backend); warm-up, CUDA events, median of 20.
+
+    OMP_NUM_THREADS=1 python benchmarks/sage_bench.py --quick        # CPU: accuracy only (~1 min)
+    python benchmarks/sage_bench.py --out benchmarks/results/sage_h200.json   # GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from attn_processors.sage import sageattn, simulate, spec_for  # noqa: E402
+from attn_processors.sage.dispatch import upstream_version  # noqa: E402
+from attn_processors.sage.synthetic import accuracy, attention_fp64, gaussian, real_like  # noqa: E402
+
+VARIANTS: dict[str, dict] = {  # name -> spec_for(...) arguments
+    "release_sm90": dict(mode="release", arch="sm90"),
+    "release_sm89": dict(mode="release", arch="sm89"),
+    "sage1": dict(mode="sage1"),
+    "paper4bit": dict(mode="paper4bit"),
+    "int4_smooth_k_only": dict(mode="paper4bit", smooth_q=False),
+    "int4_per_block_unsmoothed": dict(mode="paper4bit", smooth_q=False, smooth_k=False, qk_gran="per_block"),
+}
+INT4 = ("paper4bit", "int4_smooth_k_only", "int4_per_block_unsmoothed")
+
+
+def make_inputs(kind: str, n: int, d: int, device: torch.device, seed: int = 0):
+    if kind == "gaussian":
+        q, k, v = gaussian(1, 2, n, d, seed=seed)
+    elif kind == "real_like_a":
+        q, k, v = real_like(1, 2, n, d, seed=seed)
+    elif kind == "real_like_b":
+        q, k, v = real_like(1, 2, n, d, seed=seed, token_scale_sigma=0.7)
+    else:
+        raise ValueError(f"unknown input kind {kind!r}")
+    return q.to(device), k.to(device), v.to(device)
+
+
+def accuracy_table(n: int, dims: list[int], kinds: list[str], device: torch.device) -> list[dict]:
+    """One row per (kind, D, variant); INT4 rows only on structured inputs (INT4 is not meant for noise)."""
+    rows = []
+    for kind in kinds:
+        for d in dims:
+            q, k, v = make_inputs(kind, n, d, device)
+            ref = attention_fp64(q, k, v)
+            bf16 = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+            rows.append({"kind": kind, "d": d, "n": n, "variant": "bf16_sdpa", **accuracy(bf16, ref)})
+            for name, args in VARIANTS.items():
+                if kind == "gaussian" and name in INT4[1:]:
+                    continue
+                args = dict(args)
+                spec = spec_for(args.pop("mode"), args.pop("arch", "sm90"), **args)
+                start = time.perf_counter()
+                out = simulate(q, k, v, spec)
+                rows.append({"kind": kind, "d": d, "n": n, "variant": name, **accuracy(out, ref),
+                             "simulate_s": round(time.perf_counter() - start, 3)})
+    return rows
+
+
+def cuda_median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median of `repeats` CUDA-event timings after `warmup` untimed calls (compile, autotune)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def sdpa_backends(q, k, v, repeats: int) -> dict[str, float]:
+    """Time default SDPA and each forced backend; the closest forced time names torch's choice."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    res = {"default": cuda_median_ms(lambda: F.scaled_dot_product_attention(q, k, v), repeats)}
+    for name, b in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                    ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+        try:
+            with sdpa_kernel([b]):
+                res[name] = cuda_median_ms(lambda: F.scaled_dot_product_attention(q, k, v), repeats)
+        except RuntimeError:
+            continue
+    return res
+
+
+def speed_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int) -> dict:
+    """Times for one (D, N) on CUDA: SDPA (default + forced backends), ours, upstream."""
+    from attn_processors.sage import triton_kernel
+    from attn_processors.sage.dispatch import triton_spec
+    from attn_processors.sage.quant import LOG2E
+    from attn_processors.sage.reference import quantize_qk, quantize_v
+
+    d = q.shape[-1]
+    row: dict = {"d": d, "n": q.shape[-2], "heads": q.shape[1]}
+    sd = sdpa_backends(q, k, v, repeats)
+    forced = {b: t for b, t in sd.items() if b != "default"}
+    row["sdpa_ms"], row["sdpa_forced_ms"] = sd["default"], forced
+    closest = min(forced, key=lambda b: abs(forced[b] - sd["default"])) if forced else None
+    row["sdpa_backend_inferred"] = closest  # torch does not report which backend it chose
+    with torch.no_grad():
+        row["ours_ms"] = cuda_median_ms(lambda: sageattn(q, k, v, backend="triton", min_kv_len=0), repeats)
+        row["ours_no_nan_guard_ms"] = cuda_median_ms(
+            lambda: sageattn(q, k, v, backend="triton", min_kv_len=0, nan_guard=False), repeats)
+        spec = triton_spec(spec_for("release", "sm90"))
+        pre = quantize_qk(q, k, spec, d ** -0.5 * LOG2E)
+        vq, vs = quantize_v(v, spec)
+        row["ours_kernel_only_ms"] = cuda_median_ms(
+            lambda: triton_kernel.run_preprocessed(pre, vq, vs, "fp8", False, torch.bfloat16, block_m=128,
+                                                   block_n=spec.tiles.blk_k), repeats)
+        row["ours_preprocess_fraction"] = 1 - row["ours_kernel_only_ms"] / row["ours_no_nan_guard_ms"]
+        if (upstream_version() or (0,)) >= (2, 1, 1):
+            import sageattention
+
+            row["upstream_ms"] = cuda_median_ms(lambda: sageattention.sageattn(q, k, v), repeats)
+    for key in ("ours_ms", "ours_no_nan_guard_ms", "upstream_ms"):
+        if key in row:
+            row[key.replace("_ms", "_speedup")] = row["sdpa_ms"] / row[key]
+    return row
+
+
+def speed_table(heads: int, dims: list[int], lengths: list[int], repeats: int = 20) -> list[dict]:
+    """Milliseconds per call and speed-ups over default SDPA (bf16, B=1, warm, CUDA events)."""
+    rows = []
+    for d in dims:
+        for n in lengths:
+            g = torch.Generator(device="cuda").manual_seed(n + d)
+            qkv = [torch.randn(1, heads, n, d, device="cuda", dtype=torch.bfloat16, generator=g)
+                   for _ in range(3)]
+            rows.append(speed_row(*qkv, repeats))
+            qkv.clear()
+            torch.cuda.empty_cache()
+    return rows
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "sageattention": ".".join(map(str, upstream_version() or ())) or None}
+    try:
+        env["triton"] = md.version("triton")
+    except md.PackageNotFoundError:
+        env["triton"] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["capability"] = "sm{}{}".format(*torch.cuda.get_device_capability(0))
+    return env
+
+
+def print_accuracy(rows: list[dict]) -> None:
+    print("| input | D | variant | cos | relL1 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['d']} | {r['variant']} | {r['cos']:.6f} | {r['rel_l1']:.4f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="N=1024, D=64, two input kinds, short speed table")
+    p.add_argument("--heads", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        n, dims, kinds, lengths = 1024, [64], ["gaussian", "real_like_a"], [2048, 8192]
+    else:
+        n, dims, kinds, lengths = 2048, [64, 128], ["gaussian", "real_like_a", "real_like_b"], [
+            2048, 4096, 8192, 16384, 32768]
+    acc = accuracy_table(n, dims, kinds, device)
+    print_accuracy(acc)
+    result = {"benchmark": "sage_bench", "quick": args.quick, "env": environment(), "accuracy": acc}
+    if device.type == "cuda":
+        speed = speed_table(args.heads, dims if not args.quick else [128], lengths, args.repeats)
+        result["speed"] = speed
+        for r in speed:
+            print(f"D={r['d']} N={r['n']}: sdpa {r['sdpa_ms']:.3f} ms ({r['sdpa_backend_inferred']}), "
+                  f"ours {r['ours_ms']:.3f} ms (x{r['ours_speedup']:.2f}), upstream {r.get('upstream_ms')}")
+    else:
+        result["speed"] = "not measured: no CUDA device"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Sage processors on tiny SD1.5, CogVideoX, Wan, Flux pipelines: quality, policy, fallbacks, calibration."""
+
+import numpy as np
+import pytest
+import torch
+
+from attn_processors.core import apply, config_from_json, config_to_json
+from attn_processors.core.sites import Select
+from attn_processors.sage import FALLBACKS, SageConfig, calibrate, reset_counters, sage_report, write_policy
+
+RUNS = {
+    "sd15": dict(height=32, width=32),
+    "cogvideox": dict(height=16, width=16, num_frames=9, max_sequence_length=16),
+    "wan": dict(height=32, width=32, num_frames=9),
+    "flux": dict(height=32, width=32),
+}
+SIM = dict(backend="simulate", min_kv_len=0)  # tiny models have short sequences
+
+
+def run(pipe, family, steps=3):
+    out = pipe("a red cat", num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+               output_type="np", **RUNS[family])
+    return np.asarray(out.images if hasattr(out, "images") else out.frames, dtype=np.float64)
+
+
+def psnr(a, b):
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    reset_counters()
+    yield
+    reset_counters()
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_simulated_sage_stays_close_to_sdpa(tiny_pipe_cache, family):
+    pipe = tiny_pipe_cache(family)
+    ref = run(pipe, family)
+    with apply(pipe, SageConfig(**SIM)) as ctrl:
+        out = run(pipe, family)
+    report = sage_report(ctrl)
+    assert np.isfinite(out).all()
+    assert report["sage_calls"] > 0 and report["fallbacks"] == {}
+    assert 30.0 <= psnr(out, ref) < float("inf"), psnr(out, ref)  # quantized, yet within 30 dB
+
+
+def test_short_sequences_fall_back_to_exact_sdpa(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("wan")
+    ref = run(pipe, "wan", steps=2)
+    with apply(pipe, SageConfig(backend="simulate")):  # default min_kv_len=2048 > tiny lengths
+        out = run(pipe, "wan", steps=2)
+    assert FALLBACKS["short_kv"] > 0 and set(FALLBACKS) == {"short_kv"}
+    np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)
+
+
+def test_cpu_auto_backend_falls_back(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("flux")
+    ref = run(pipe, "flux", steps=2)
+    with apply(pipe, SageConfig(min_kv_len=0)):  # backend="auto" on CPU: SDPA, logged once
+        out = run(pipe, "flux", steps=2)
+    assert FALLBACKS["cpu"] > 0
+    np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)
+
+
+def test_all_dense_policy_is_the_stock_pipeline(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("sd15")
+    ref = run(pipe, "sd15")
+    with apply(pipe, SageConfig(dense_steps=1.0, **SIM)) as ctrl:
+        out = run(pipe, "sd15")
+    assert sage_report(ctrl)["sage_calls"] == 0 and sage_report(ctrl)["dense_calls"] > 0
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+
+def test_step_block_and_layer_policies(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("wan")
+    with apply(pipe, SageConfig(dense_steps=0.5, **SIM)) as ctrl:  # 4 steps: 0 and 1 dense
+        run(pipe, "wan", steps=4)
+    rep = sage_report(ctrl)
+    assert rep["dense_calls"] == rep["sage_calls"] > 0
+    with apply(pipe, SageConfig(dense_blocks=(0,), **SIM)) as ctrl:  # tiny Wan: 2 blocks
+        run(pipe, "wan", steps=2)
+    rep = sage_report(ctrl)
+    assert rep["dense_calls"] == rep["sage_calls"] > 0
+    with apply(pipe, SageConfig(dense_layers=("blocks.*.attn2",), **SIM)) as ctrl:  # cross-attention dense
+        run(pipe, "wan", steps=2)
+    rep = sage_report(ctrl)
+    assert rep["dense_calls"] == rep["sage_calls"] > 0
+
+
+def test_never_touches_vae_or_text_encoder(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("sd15")
+    vae_before = dict(pipe.vae.attn_processors)
+    with apply(pipe, SageConfig(**SIM)):
+        assert pipe.vae.attn_processors == vae_before
+        assert all(type(p).__name__ == "SageProcessor" for p in pipe.unet.attn_processors.values())
+    assert pipe.vae.attn_processors == vae_before
+
+
+def test_config_round_trips_and_validates():
+    cfg = SageConfig(mode="paper4bit", backend="simulate", dense_steps=0.2, dense_blocks=(0, 5),
+                     dense_calls=(("blocks.0.attn1", 3),), layers=Select(kinds=("self",)))
+    assert config_from_json(config_to_json(cfg)) == cfg
+    for bad in (dict(mode="int2"), dict(backend="cuda"), dict(dense_steps=1.5), dict(arch="sm100")):
+        with pytest.raises(ValueError):
+            SageConfig(**bad)
+
+
+def test_calibration_policy_round_trip(tiny_pipe_cache, tmp_path):
+    pipe = tiny_pipe_cache("sd15")
+    kw = dict(num_inference_steps=2, output_type="np", **RUNS["sd15"])
+    strict = calibrate(pipe, ["a red cat"], SageConfig(**SIM), threshold=1.0, **kw)
+    layers = list(pipe.unet.attn_processors)
+    assert set(strict["scores"]) == {k.removesuffix(".processor") for k in layers}
+    values = [v for steps in strict["scores"].values() for v in steps.values()]
+    assert all(0.9 < v < 1.0 for v in values)  # 8-bit attention is close, never exact
+    assert len(strict["dense_calls"]) == len(layers) * 2  # threshold 1: every (layer, step) dense
+    lax = calibrate(pipe, ["a red cat"], SageConfig(**SIM), threshold=0.0, **kw)
+    assert lax["dense_calls"] == []
+    path = write_policy(strict, tmp_path / "policy.json")
+    ref = run(pipe, "sd15", steps=2)
+    with apply(pipe, SageConfig(policy=str(path), **SIM)) as ctrl:  # every call calibrated dense
+        out = run(pipe, "sd15", steps=2)
+    assert sage_report(ctrl)["sage_calls"] == 0
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+    dense = SageConfig.from_policy(path, **SIM).resolved_dense_calls()
+    assert dense == {tuple(c) for c in strict["dense_calls"]}
