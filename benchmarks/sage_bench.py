@@ -111,10 +111,9 @@ def sdpa_backends(q, k, v, repeats: int) -> dict[str, float]:
 
 def speed_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int) -> dict:
     """Times for one (D, N) on CUDA: SDPA (default + forced backends), ours, upstream."""
-    from attn_processors.sage import triton_kernel
+    from attn_processors.sage import triton_kernel as tk
     from attn_processors.sage.dispatch import triton_spec
     from attn_processors.sage.quant import LOG2E
-    from attn_processors.sage.reference import quantize_qk, quantize_v
 
     d = q.shape[-1]
     row: dict = {"d": d, "n": q.shape[-2], "heads": q.shape[1]}
@@ -128,11 +127,13 @@ def speed_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int) -
         row["ours_no_nan_guard_ms"] = cuda_median_ms(
             lambda: sageattn(q, k, v, backend="triton", min_kv_len=0, nan_guard=False), repeats)
         spec = triton_spec(spec_for("release", "sm90"))
-        pre = quantize_qk(q, k, spec, d ** -0.5 * LOG2E)
-        vq, vs = quantize_v(v, spec)
+        row["ours_quant_qk_ms"] = cuda_median_ms(lambda: tk.quantize_qk_fused(q, k, spec, d ** -0.5 * LOG2E),
+                                                 repeats)
+        pre = tk.quantize_qk_fused(q, k, spec, d ** -0.5 * LOG2E)
+        v_op, vs = tk.quantize_v_operand(v, "fp8", spec.v_scale_max, pre["q_i8"].shape[-1])
         row["ours_kernel_only_ms"] = cuda_median_ms(
-            lambda: triton_kernel.run_preprocessed(pre, vq, vs, "fp8", False, torch.bfloat16, block_m=128,
-                                                   block_n=spec.tiles.blk_k), repeats)
+            lambda: tk.sage_int8_attn(pre["q_i8"], pre["k_i8"], pre["q_scale"], pre["k_scale"], v_op, vs,
+                                      False, torch.bfloat16, 128, spec.tiles.blk_k), repeats)
         row["ours_preprocess_fraction"] = 1 - row["ours_kernel_only_ms"] / row["ours_no_nan_guard_ms"]
         if (upstream_version() or (0,)) >= (2, 1, 1):
             import sageattention

@@ -20,8 +20,12 @@ Composition rule for `"tile_sparse+sage"`: the tile-sparse technique decides *wh
 query tile attends to (the k:(F-k) mask); SageAttention decides *how* the kept tiles are computed
 (quantized QK^T and PV). Both fill the core's kernel slot and the core refuses two kernel choices on
 one layer, so they compose as one kernel: `TileSparseConfig(kernel=SageConfig(...))`, the Sage kernel
-run on each query group's kept keys. Where TileSparseConfig has no `kernel` field this raises
-ValueError naming the missing piece (never a silent dense or single-technique fallback).
+run on each query group's kept keys, on the layers tile-sparse handles (video self/joint attention;
+during its dense warm-up Sage runs on all keys). Cross-attention stays stock. The warm-up and layer
+choice are tile-sparse options; Sage's own `dense_*`/`layers` fields must stay default (ValueError
+otherwise). Options: `{"tile_sparse": {...}, "sage": {...}}`. Where TileSparseConfig has no `kernel`
+field this raises ValueError naming the missing piece (never a silent dense or single-technique
+fallback).
 """
 
 from __future__ import annotations

@@ -161,20 +161,23 @@ def test_bad_job_fails_alone_and_resume_skips_finished(tmp_path, model_dir):
     assert sorted(r["index"] for r in manifest(out)) == [0, 1, 2, 3, 4, 5]
 
 
-def test_technique_job_records_its_config(tmp_path, model_dir):
-    tile_sparse = pytest.importorskip("attn_processors.tile_sparse")
-    if not hasattr(tile_sparse, "TileSparseConfig"):
-        pytest.skip("TileSparseConfig not written yet")
+def test_technique_jobs_record_their_config(tmp_path, model_dir):
+    tile_sparse, sage = (pytest.importorskip(f"attn_processors.{m}") for m in ("tile_sparse", "sage"))
+    if not (hasattr(tile_sparse, "TileSparseConfig") and hasattr(sage, "SageConfig")):
+        pytest.skip("technique configs not written yet")
     options = {"k": 1, "dense_blocks": 0, "dense_steps": 0.0}
-    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [DEFAULTS, {"prompt": PROMPTS[0]},
-                                                      {"prompt": PROMPTS[0], "attention": "tile_sparse",
-                                                       "attention_options": options}])
+    both = {"tile_sparse": options, "sage": {"backend": "simulate", "min_kv_len": 0}}
+    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [
+        DEFAULTS, {"prompt": PROMPTS[0]}, {"prompt": PROMPTS[0], "attention": "tile_sparse",
+                                           "attention_options": options},
+        {"prompt": PROMPTS[0], "attention": "tile_sparse+sage", "attention_options": both}])
     out = tmp_path / "out"
     assert run(jobs_file, out, model_dir, "--base-seed", "5", "--quality", "lossless") == 0
-    dense, sparse = (json.loads((out / f"{i:05d}.json").read_text()) for i in (0, 1))
+    dense, sparse, composed = (json.loads((out / f"{i:05d}.json").read_text()) for i in (0, 1, 2))
     assert sparse["attention"] == {"technique": "tile_sparse", "options": options}
-    assert (dense["seed"], sparse["seed"]) == (5, 6)
-    assert read_mp4(out / "00001.mp4").shape == (5, 32, 32, 3)
+    assert composed["attention"] == {"technique": "tile_sparse+sage", "options": both}
+    assert (dense["seed"], sparse["seed"], composed["seed"]) == (5, 6, 7)
+    assert all(read_mp4(out / f"{i:05d}.mp4").shape == (5, 32, 32, 3) for i in range(3))
 
 
 def test_resume_redoes_corrupt_or_unfinished_outputs(tmp_path, model_dir):

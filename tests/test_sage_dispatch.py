@@ -142,3 +142,19 @@ def test_triton_request_on_cpu_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="paper4bit"):
         sageattn(q, k, v, backend="triton", mode="paper4bit", min_kv_len=0)
+
+
+def test_long_sequences_switch_to_fp16_pv(monkeypatch):
+    seen = []
+    original = sage_dispatch.simulate
+
+    def spy(q, k, v, spec, **kw):
+        seen.append(spec.pv)
+        return original(q, k, v, spec, **kw)
+
+    monkeypatch.setattr(sage_dispatch, "simulate", spy)
+    q, k, v = qkv()
+    sageattn(q, k, v, backend="simulate", min_kv_len=0, long_seq_fp16_pv=200)  # 256 keys > 200
+    sageattn(q, k, v, backend="simulate", min_kv_len=0, long_seq_fp16_pv=None)
+    sageattn(q, k, v, backend="simulate", min_kv_len=0)  # default threshold 160K
+    assert seen == ["fp16", "fp8", "fp8"] and sage_dispatch.KERNEL_CALLS["long_seq_fp16_pv"] == 1

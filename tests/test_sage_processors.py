@@ -127,3 +127,20 @@ def test_calibration_policy_round_trip(tiny_pipe_cache, tmp_path):
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
     dense = SageConfig.from_policy(path, **SIM).resolved_dense_calls()
     assert dense == {tuple(c) for c in strict["dense_calls"]}
+
+
+@pytest.mark.parametrize("family", ["sd3", "sdxl", "wan_i2v"])
+@torch.no_grad()
+def test_other_families_at_denoiser_level(family):
+    """SD3 joint attention, SDXL and Wan I2V (second image K/V call) through the Sage kernel slot."""
+    from attn_processors.testing.tiny import denoiser_inputs, tiny_denoiser
+
+    model = tiny_denoiser(family)
+    kw = denoiser_inputs(family, model)
+    ref = model(**kw)[0]
+    with apply(model, SageConfig(**SIM)) as ctrl:
+        out = model(**kw)[0]
+    assert sage_report(ctrl)["sage_calls"] > 0 and FALLBACKS == {}
+    assert torch.isfinite(out).all()
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.05, rel  # quantized (not exact), close

@@ -78,8 +78,8 @@ def probes():
 @in_process
 @pytest.mark.parametrize("mode, causal", [("release", False), ("release", True), ("sage1", False)])
 def test_kernel_matches_simulator(mode, causal):
-    q, k, v = real_like(1, 4, 200, 40, seed=1)  # N not a multiple of the tiles, D padded to 64
-    k, v = k[:, :2].contiguous(), v[:, :2].contiguous()  # GQA 4 -> 2
+    q, k, v = real_like(1, 2, 200, 40, seed=1)  # N not a multiple of the tiles, D padded to 64
+    k, v = k[:, :1].contiguous(), v[:, :1].contiguous()  # GQA 2 -> 1
     out, lse = sageattn(q, k, v, mode=mode, backend="triton", is_causal=causal, min_kv_len=0, return_lse=True)
     spec = triton_spec(spec_for(mode))
     ref, ref_lse = sageattn(q, k, v, spec=spec, backend="simulate", is_causal=causal, min_kv_len=0,
@@ -177,3 +177,22 @@ def test_emulated_rounding_is_exact_rtne(probes):
     ties = torch.tensor([1.0625, 1.1875, 0.5 + 2 ** -5, 2 ** -9 * 1.5, 2 ** -9 * 2.5, 448.0, 0.0, 15.5])
     x = torch.cat([torch.rand(2040, generator=g) * 448, torch.rand(2048, generator=g) * 2 ** -5, ties])
     assert torch.equal(run_cast(x, True), x.to(torch.float8_e4m3fn).float())
+
+
+@in_process
+@pytest.mark.parametrize("arch, mode", [("sm90", "release"), ("sm120", "release")])  # per-thread, per-warp
+def test_fused_quantizer_equals_reference_preprocessing(interpreter, arch, mode):
+    """One-pass Triton INT8 quantization == quantize_qk bit for bit (per-thread, per-warp, per-block)."""
+    from attn_processors.sage.reference import quantize_qk
+
+    q, k, _ = real_like(1, 2, 200, 40, seed=4)  # N off the tiles, D padded to 64
+    spec = spec_for(mode, arch)
+    fused = interpreter.quantize_qk_fused(q.transpose(1, 2).contiguous().transpose(1, 2), k, spec, 0.3)
+    ref = quantize_qk(q, k, spec, 0.3)
+    for name in ("q", "k"):
+        ints = fused[f"{name}_i8"]
+        assert ints.shape[-1] == 64 and not ints[..., 40:].any()
+        assert torch.equal(ints[..., :40].float(), ref[f"{name}_int"])
+        assert torch.equal(fused[f"{name}_scale"], ref[f"{name}_scale"])
+        assert torch.equal(fused[f"{name}_scale_groups"], ref[f"{name}_scale_groups"])
+    assert torch.equal(fused["k_mean"], ref["k_mean"])

@@ -43,3 +43,10 @@ def test_tiny_run_resumes_and_exports(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
+
+
+def test_loading_a_missing_model_says_how_to_export(tmp_path):
+    from attn_processors.shapes.pipeline import load_pipeline
+
+    with pytest.raises(ValueError, match="export_image"):
+        load_pipeline(tmp_path)

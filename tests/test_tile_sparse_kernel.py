@@ -143,3 +143,21 @@ def test_compiled_flex_equals_masked_sdpa():
         ref = _masked_sdpa(q, k, v, frames, tpf, k_global, gf, text, pos)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)  # k = F
+
+
+@pytest.mark.slow
+def test_gpu_check_script_cpu_path(tmp_path):
+    """benchmarks/gpu_tile_sparse_check.py at CPU-sized shapes: the code path the H200 run takes."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_tile_sparse_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_tile_sparse_check", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.main(["--small", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path)])
+    assert result["all_errors_ok"] and len(result["rows"]) == 4
+    assert {"speedup", "gate", "gate_ok", "block_sparsity", "gather_speedup"} <= set(result["rows"][0])
+    saved = json.loads((tmp_path / "tile_sparse_gpu_small.json").read_text())
+    assert saved["config"]["small"] and saved["env"]["device"] == "cpu"

@@ -33,6 +33,7 @@ Backend = Literal[
 ]
 BACKENDS: tuple[str, ...] = ("auto", "simulate", "triton", "upstream", "sdpa")
 MIN_KV_LEN = 2048  # below this the quantization overhead eats the gain (thu-ml #343/#70)
+LONG_SEQ_FP16_PV = 160_000  # above this FP8 P.V gets visibly noisy (thu-ml #388): FP16 P.V instead
 MAX_HEAD_DIM = 128  # upstream raises "Unsupported head_dim" above this
 UPSTREAM_MIN_VERSION = (2, 1, 1)  # Diffusers' _REQUIRED_SAGE_VERSION
 
@@ -212,6 +213,7 @@ def sageattn(
     arch: str | None = None,
     min_kv_len: int = MIN_KV_LEN,
     nan_guard: bool = True,
+    long_seq_fp16_pv: int | None = LONG_SEQ_FP16_PV,
     spec: SageSpec | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SageAttention with upstream's call shape; a drop-in for ``sageattention.sageattn``.
@@ -220,6 +222,8 @@ def sageattn(
     ``[B, N, H, D]``); ``Hq % Hkv == 0`` (GQA). Returns the output in q's dtype and layout, plus
     the natural-log LSE ``[B, Hq, Nq]`` (fp32) with ``return_lse``. ``arch`` picks the tile preset
     (default: the device's, ``"sm90"`` on CPU); ``spec`` overrides ``mode`` entirely (simulate).
+    Above ``long_seq_fp16_pv`` keys, FP8 P.V switches to FP16 P.V (FP8 noise grows with length,
+    thu-ml #388); None keeps FP8 at any length.
 
     >>> q = k = v = torch.randn(1, 2, 256, 64)
     >>> sageattn(q, k, v, backend="simulate", min_kv_len=0).shape
@@ -243,7 +247,11 @@ def sageattn(
         res = sdpa_attention(q, k, v, attn_mask=attn_mask, **kw)
     else:
         arch = arch or detect_arch(q.device) or DEFAULT_ARCH
-        res = _run_kernel(kernel, q, k, v, spec or spec_for(mode, arch), **kw)
+        spec = spec or spec_for(mode, arch)
+        if spec.pv == "fp8" and long_seq_fp16_pv is not None and k.shape[-2] > long_seq_fp16_pv:
+            KERNEL_CALLS["long_seq_fp16_pv"] += 1
+            spec = replace(spec, pv="fp16")
+        res = _run_kernel(kernel, q, k, v, spec, **kw)
         out = res[0] if return_lse else res
         if nan_guard and not bool(torch.isfinite(out).all()):
             _fallback("nonfinite", f"{kernel} produced NaN/Inf; this call was recomputed with SDPA")
@@ -269,6 +277,10 @@ def _run_kernel(
             return sageattention.sageattn_qk_int8_pv_fp16_triton(
                 qc, kc, vc, tensor_layout="HND", is_causal=is_causal, sm_scale=sm_scale,
                 return_lse=return_lse)
+        if spec.pv == "fp16":  # long sequences: FP16 P.V with fp32 accumulation
+            return sageattention.sageattn_qk_int8_pv_fp16_cuda(
+                qc, kc, vc, tensor_layout="HND", is_causal=is_causal, sm_scale=sm_scale,
+                pv_accum_dtype="fp32", return_lse=return_lse)
         return sageattention.sageattn(qc, kc, vc, tensor_layout="HND", is_causal=is_causal, sm_scale=sm_scale,
                                       return_lse=return_lse)
     return _run_triton(q, k, v, spec, is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse)
@@ -291,16 +303,20 @@ def _run_triton(
         spec = replace(spec, pv="fp16")  # no FP8 tensor cores before sm89
     spec = triton_spec(spec)
     scale = head_dim_scale(q.shape[-1], sm_scale)
-    pre = quantize_qk(q, k, spec, scale * LOG2E)
-    vq, v_scale = quantize_v(v, spec)
     out_dtype = q.dtype if q.device.type == "cuda" else torch.float32
     block_m = 128 if q.device.type == "cuda" else 64
-    out, lse = triton_kernel.run_preprocessed(pre, vq, v_scale, spec.pv, is_causal, out_dtype,
-                                              block_m=block_m, block_n=spec.tiles.blk_k)
+    if spec.qk_gran in triton_kernel.FUSED_GRANULARITIES:  # one Triton pass each for Q and K
+        out, lse, km = triton_kernel.run_fused(q, k, v, spec, scale * LOG2E, is_causal, out_dtype, block_m)
+    else:  # per-token groups (a comparison layout): torch preprocessing
+        pre = quantize_qk(q, k, spec, scale * LOG2E)
+        vq, v_scale = quantize_v(v, spec)
+        out, lse = triton_kernel.run_preprocessed(pre, vq, v_scale, spec.pv, is_causal, out_dtype,
+                                                  block_m=block_m, block_n=spec.tiles.blk_k)
+        km = pre["k_mean"]
     if not return_lse:
         return out
     if spec.smooth_k:  # lse_correction: the kernel saw K - mean(K)
         hq = q.shape[1]
-        km = pre["k_mean"].repeat_interleave(hq // k.shape[1], dim=1)
+        km = km.repeat_interleave(hq // k.shape[1], dim=1)
         lse = lse + (q.float() @ km.transpose(-1, -2)).squeeze(-1) * scale
     return out, lse

@@ -30,7 +30,7 @@ from ..core.controller import Controller
 from ..core.processor import CallInfo, ControlledProcessor
 from ..core.registry import register_technique
 from ..core.sites import Select, Site
-from .dispatch import BACKENDS, FALLBACKS, MIN_KV_LEN, sageattn
+from .dispatch import BACKENDS, FALLBACKS, LONG_SEQ_FP16_PV, MIN_KV_LEN, sageattn
 from .quant import ARCH_PRESETS
 from .spec import MODES
 
@@ -51,6 +51,7 @@ class SageConfig:
     arch: str | None = None  # tile preset "sm80" | "sm86" | "sm89" | "sm90" | "sm120"; None: the device's
     min_kv_len: int = MIN_KV_LEN  # shorter key sequences run SDPA (no gain; set 0 for tiny test models)
     nan_guard: bool = True  # recompute a call with SDPA when the quantized output is not finite
+    long_seq_fp16_pv: int | None = LONG_SEQ_FP16_PV  # more keys than this: FP16 instead of FP8 P.V
     dense_steps: float = 0.0  # the first fraction of denoising steps runs in full precision
     dense_blocks: tuple[int, ...] = ()  # transformer/UNet block indices kept in full precision
     dense_layers: tuple[str, ...] = ()  # fnmatch globs on layer names kept in full precision
@@ -130,7 +131,8 @@ class SageProcessor(ControlledProcessor):
         def sage_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                         mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
             return sageattn(q, k, v, sm_scale=scale, attn_mask=mask, mode=cfg.mode, backend=cfg.backend,
-                            arch=cfg.arch, min_kv_len=cfg.min_kv_len, nan_guard=cfg.nan_guard)
+                            arch=cfg.arch, min_kv_len=cfg.min_kv_len, nan_guard=cfg.nan_guard,
+                            long_seq_fp16_pv=cfg.long_seq_fp16_pv)
 
         return sage_attend
 
