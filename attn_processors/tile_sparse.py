@@ -6,9 +6,13 @@ tokens_per_frame^2). The k:(F-k) mask keeps tile (query frame a, key frame b) if
     a == b  or  a in G  or  b in G          (G: the k global reference frames)
 
 so kept tiles = 2kF - k^2 + F - k (paper §3.3), linear in F for fixed k. Text tokens stay dense
-(their rows and columns are kept). The kernel is compiled FlexAttention with a BlockMask built
-analytically from frame spans (``attn_processors.core.blockmask``); an exact gathered-SDPA path and
-masked SDPA are the fallback and the reference.
+(their rows and columns are kept). Kernels, all exact for the mask (``attn_processors.core.blockmask``):
+compiled FlexAttention with a BlockMask built analytically from frame spans (GPU default), gathered
+SDPA over each query group's kept keys (CPU default: faster than Inductor's CPU flex, no compile), and
+masked SDPA (reference, short sequences). ``dispatch`` says which one runs and why.
+
+Paper -> code: mask family (§3.3, Fig. 3) -> ``tile_keep``; kept-tile count -> ``kept_tile_fraction``;
+layer-wise mask search (Algorithm 1) -> ``calibrate`` with a recall target (our stand-in loss).
 
 Example::
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -40,8 +43,6 @@ from attn_processors.core.kernels import warn_once
 from attn_processors.core.processor import CallInfo, ControlledProcessor
 from attn_processors.core.registry import register_technique
 from attn_processors.core.sites import Select, Site
-
-logger = logging.getLogger(__name__)
 
 TextPosition = Literal[
     "first",  # [text, video] (CogVideoX joint attention)
@@ -507,7 +508,7 @@ def select_k(recall_by_k: Mapping[int, float], target_recall: float, frames: int
 class TileRecallProbe:
     """Install-only config for `calibrate`: record the recall of each k per layer; output stays dense."""
 
-    ks: tuple[int, ...] = ()  # empty: 0 .. F-1
+    ks: tuple[int, ...] = ()  # empty: every k in 0 .. F
     global_frames: str | tuple[int, ...] = "first"
     max_rows: int = 512  # query rows sampled per call (evenly spaced) for the dense probabilities
     layers: Select = Select(kinds=("self", "joint"), families=("wan", "cogvideox"))
@@ -533,7 +534,8 @@ class _RecallProcessor(ControlledProcessor):
             groups = geometry.groups(q.device)
             mass = blockmask.group_mass(q[:, :, rows], k, groups, geometry.frames + 1, scale=scale)  # B,H,R,G
             for k_global in probe.ks or range(geometry.frames + 1):
-                if k_global <= geometry.frames:
+                if k_global <= geometry.frames and (isinstance(probe.global_frames, str)
+                                                    or k_global == len(probe.global_frames)):
                     keep = group_keep(geometry, k_global, probe.global_frames).to(q.device)[groups[rows]]
                     total, count = sums.get(k_global, (0.0, 0))
                     sums[k_global] = (total + float((mass * keep).sum()), count + mass[..., 0].numel())
@@ -556,6 +558,10 @@ def calibrate(
     if not prompts:
         raise ValueError("calibrate needs at least one prompt")
     gf = global_frames if isinstance(global_frames, str) else tuple(global_frames)
+    if not isinstance(gf, str):  # an explicit frame list fixes k: compare it with dense only
+        if any(k != len(gf) for k in ks):
+            raise ValueError(f"global_frames={list(gf)} fixes k = {len(gf)}; pass ks=() or ks=({len(gf)},)")
+        ks = (len(gf),)
     probe = TileRecallProbe(tuple(ks), gf, max_rows, **({"layers": layers} if layers is not None else {}))
     with apply(pipe, probe) as ctrl:
         for prompt in prompts:

@@ -159,6 +159,63 @@ def speed_table(heads: int, dims: list[int], lengths: list[int], repeats: int = 
     return rows
 
 
+def _sage_for_eval():
+    from attn_processors.sage import SageConfig
+
+    # the shipped models are small: their sequences are far below the 2048-key default threshold
+    backend = "auto" if torch.cuda.is_available() else "simulate"
+    return SageConfig(backend=backend, min_kv_len=0)
+
+
+def shapes_model_eval(model: Path | None, prompts: int, steps: int) -> dict:
+    """Shapes text-to-image model: detector scores with SDPA and with Sage (same seeds), PSNR between them."""
+    import numpy as np
+
+    from attn_processors.core import apply
+    from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, load_pipeline
+    from attn_processors.shapes.vocab import parse_caption
+    from benchmarks.shapes_eval import generate, prompt_set, score
+
+    pipe = load_pipeline(model or DEFAULT_MODEL)
+    texts = prompt_set(1, prompts // 2) + prompt_set(2, prompts - prompts // 2)
+    run = lambda: generate(pipe, texts, [0], steps, CFG_SCALE, 8, None, 0)[0]  # noqa: E731
+    dense = run()
+    with apply(pipe, _sage_for_eval()) as ctrl:
+        sage = run()
+    res: dict = {"model": str(model or DEFAULT_MODEL), "prompts": len(texts), "steps": steps}
+    for name, images in (("sdpa", dense), ("sage", sage)):
+        rows = [score(img, parse_caption(t)) for img, t in zip(images, texts, strict=True)]
+        res[name] = {f"{k}_accuracy": float(np.mean([r[k] for r in rows]))
+                     for k in ("colour", "shape", "count")}
+    pairs = zip(dense, sage, strict=True)
+    mse = [float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()) for a, b in pairs]
+    res["psnr_vs_sdpa"] = float(np.mean([10 * np.log10(255.0 ** 2 / max(m, 1e-10)) for m in mse]))
+    res["max_score_delta"] = max(abs(res["sage"][k] - res["sdpa"][k]) for k in res["sdpa"])
+    res["calls"] = {k: v for k, v in ctrl.stores.get("sage", {}).items()}
+    return res
+
+
+def video_model_eval(model: Path | None, prompts: int, steps: int) -> dict:
+    """Moving-shapes video model: video scores with SDPA and with Sage (same seeds), per-frame PSNR."""
+    import benchmarks.video_eval as ve
+    from attn_processors.core import apply
+
+    args = argparse.Namespace(batch=8, frames=17, size=64, steps=steps, guidance=4.0, max_sequence_length=32)
+    pipe = ve.load_pipeline(model or ve.DEFAULT_MODEL, "cuda" if torch.cuda.is_available() else "cpu")
+    items = ve.eval_prompts(prompts, num_objects=1, seed=0)
+    texts, seeds = [it["prompt"] for it in items], list(range(len(items)))
+    dense = ve.generate(pipe, texts, seeds, args)
+    with apply(pipe, _sage_for_eval()) as ctrl:
+        sage = ve.generate(pipe, texts, seeds, args)
+    res: dict = {"model": str(model or ve.DEFAULT_MODEL), "prompts": len(texts), "steps": steps}
+    res["sdpa"] = {k: v for k, v in ve.score(dense, items).items() if k != "rows"}
+    res["sage"] = {k: v for k, v in ve.score(sage, items).items() if k != "rows"}
+    res["psnr_vs_sdpa"] = ve.frame_psnr(sage, dense)
+    res["max_score_delta"] = max(abs(res["sage"][k] - res["sdpa"][k]) for k in res["sdpa"])
+    res["calls"] = {k: v for k, v in ctrl.stores.get("sage", {}).items()}
+    return res
+
+
 def environment() -> dict:
     import importlib.metadata as md
 
@@ -187,7 +244,21 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=40)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--model-eval", choices=("shapes", "video"), default=None,
+                   help="instead: score a shipped model with SDPA vs Sage (simulator on CPU)")
+    p.add_argument("--model", type=Path, default=None, help="model folder for --model-eval")
+    p.add_argument("--prompts", type=int, default=12)
+    p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
+    if args.model_eval:
+        fn = shapes_model_eval if args.model_eval == "shapes" else video_model_eval
+        result = {"benchmark": f"sage_{args.model_eval}_eval", "env": environment(),
+                  **fn(args.model, args.prompts, args.steps)}
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
         n, dims, kinds, lengths = 1024, [64], ["gaussian", "real_like_a"], [2048, 8192]

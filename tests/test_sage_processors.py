@@ -140,7 +140,9 @@ def test_other_families_at_denoiser_level(family):
     ref = model(**kw)[0]
     with apply(model, SageConfig(**SIM)) as ctrl:
         out = model(**kw)[0]
-    assert sage_report(ctrl)["sage_calls"] > 0 and FALLBACKS == {}
+    assert sage_report(ctrl)["sage_calls"] > 0
+    # the tiny SDXL inputs carry a cross-attention mask: those calls fall back (logged), the rest quantize
+    assert set(FALLBACKS) == ({"mask"} if family == "sdxl" else set())
     assert torch.isfinite(out).all()
     rel = ((out - ref).norm() / ref.norm()).item()
     assert 0 < rel < 0.05, rel  # quantized (not exact), close

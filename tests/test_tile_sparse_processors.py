@@ -177,3 +177,11 @@ def test_tile_sparse_plus_sage_composes_as_one_kernel(tiny_pipe_cache):
         TileSparseConfig(kernel=SageConfig(dense_steps=0.2))
     with pytest.raises(ValueError, match="SageConfig"):
         TileSparseConfig(kernel=TileSparseConfig())
+
+
+def test_calibrate_with_explicit_global_frames(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("wan")
+    plan = calibrate(pipe, ["a red cat"], global_frames=[0, 2], num_inference_steps=1, **RUNS["wan"])
+    assert plan.global_frames == (0, 2) and all(set(r) == {2} for r in plan.recall.values())
+    with pytest.raises(ValueError, match="fixes k = 2"):
+        calibrate(pipe, ["a red cat"], global_frames=[0, 2], ks=(1,), num_inference_steps=1, **RUNS["wan"])

@@ -1,4 +1,4 @@
-"""Block-sparse attention mechanics shared by techniques: analytic BlockMasks and a compiled flex kernel.
+"""Group-structured sparse attention shared by techniques: analytic BlockMasks, compiled flex, gathered SDPA.
 
 A structured mask is described by a *group label per token* (``groups``: LongTensor [S], values
 0..G-1) and a *group-level keep matrix* (``keep``: BoolTensor [G, G], True = query group attends key
@@ -18,6 +18,11 @@ matrix products, O(S + nb^2 G) instead of O(S^2).
 Why compiled: eager ``flex_attention`` materialises the full score matrix (slower than SDPA and
 out of memory at video sizes). ``flex_attend`` only ever calls ``torch.compile(flex_attention,
 dynamic=False)``, compiled once per process; shapes that change recompile (cached by torch).
+
+The same description gives two more exact kernels: ``gather_attend`` (one SDPA, or any attend
+kernel, per distinct kept-key set over the gathered keys; no compiler and no S^2 mask) and the
+dense reference ``dense_group_mask``. ``group_mass`` gives the dense softmax mass per key group,
+from which the recall of any group mask follows.
 """
 
 from __future__ import annotations
@@ -177,7 +182,8 @@ def flex_attend(
         raise RuntimeError(f"compiled flex attention unavailable: {_compile_error}")
     import torch._dynamo
 
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+    # past the limit, raise instead of dynamo's silent eager fallback (callers catch and use SDPA)
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
         return fn(q, k, v, block_mask=block_mask, scale=scale)
 
 

@@ -1,9 +1,10 @@
 """Our Triton SageAttention kernel: INT8 Q.K^T (smooth-K) + FP8 P~.V with two-level accumulation.
 
-Preprocessing (``reference.quantize_qk`` / ``quantize_v``, plain torch ops) produces INT8 Q/K with
-per-row dequantization scales (any group map expands to per-row, so one kernel serves per-thread,
-per-warp and per-block groups), FP8 V with per-channel scales, or FP16 V for the variant without
-FP8 tensor cores (sm80/86). The kernel is one FlashAttention loop over key blocks of ``BLOCK_N``:
+Preprocessing (``quantize_qk_fused``: one Triton pass each for Q and K, bit-identical to the
+simulator's ``reference.quantize_qk``) produces INT8 Q/K with per-row dequantization scales (any
+group map expands to per-row, so one kernel serves per-thread, per-warp and per-block groups);
+``quantize_v_operand`` gives FP8 V with per-channel scales, or FP16 V for the variant without FP8
+tensor cores (sm80/86). The kernel is one FlashAttention loop over key blocks of ``BLOCK_N``:
 
     S = (Q_int8 @ K_int8^T) [int32] * q_scale[:, None] * k_scale[None, :]   # log2 units
     m' = max(m, rowmax S); alpha = exp2(m - m'); P = exp2(S - m')
@@ -219,7 +220,7 @@ def sage_int8_attn(
     v_op: torch.Tensor, v_scale: torch.Tensor, is_causal: bool, out_dtype: torch.dtype,
     block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantized attention core on preprocessed operands (Dp a power of 2 >= 16).
+    """Quantized attention core on preprocessed operands (Dp a power of 2 >= 32).
 
     q_i8 ``[B, Hq, Nq, Dp]`` / k_i8 ``[B, Hkv, Nk, Dp]`` int8; q_scale ``[B, Hq, Nq]`` / k_scale
     ``[B, Hkv, Nk]`` fp32 per-row scales (log2 units); v_op float8_e4m3fn or float16, transposed
@@ -242,8 +243,8 @@ def _(q_i8, k_i8, q_scale, k_scale, v_op, v_scale, is_causal, out_dtype, block_m
 
 
 def pad_head_dim(d: int) -> int:
-    """tl.dot needs power-of-two tiles >= 16: D=40 -> 64, D=64 -> 64, D=96 -> 128."""
-    return max(16, 1 << (d - 1).bit_length())
+    """tl.dot needs power-of-two tiles, >= 32 for INT8 MMA (k32): D=16 -> 32, D=40 -> 64, D=96 -> 128."""
+    return max(32, 1 << (d - 1).bit_length())
 
 
 def interpreter_fp8_cast_defect(x: torch.Tensor) -> torch.Tensor:

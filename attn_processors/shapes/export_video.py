@@ -118,12 +118,13 @@ Stock diffusers / transformers classes; configs in `attn_processors/shapes/video
 ## Training
 `python -m attn_processors.shapes.train_video --out runs/video` (seeded, resumable, `--device cuda`).
 
-1. VAE: L1 + MSE + 1e-6 KL, AdamW 1e-3 cosine, 5-frame 32x32 crops, then 9-frame 64x64 clips;
-   {vae_steps} steps, {vae_min} min wall. Reconstruction PSNR on held-out 17-frame clips: {vae_psnr} dB.
+1. VAE: L1 + MSE + 1e-6 KL, AdamW 1e-3 cosine, batch 8; 5-frame 32x32 crops and 9-frame 64x64 clips
+   for the first 700 steps, then every 4th step a 13-frame 64x64 clip; {vae_steps} steps, {vae_min}
+   min wall. Reconstruction PSNR on held-out 17-frame clips: {vae_psnr} dB.
 2. Latent cache: {clips} clips (posterior mean and std); per-channel `latents_mean` / `latents_std`
    measured and stored in the VAE config as Wan does; {cache_min} min wall.
 3. Transformer and text encoder jointly with rectified flow as in Wan: x_s = (1 - s) x0 + s eps,
-   target eps - x0, s from the shift-{shift} schedule; AdamW 5e-4 (200-step warm-up), weight decay
+   target eps - x0, s from the shift-{shift} schedule; AdamW 8e-4 (200-step warm-up), weight decay
    1e-2, grad clip 1, batch 12, EMA 0.999 (the EMA is shipped). {dit_steps} steps, {dit_min} min wall;
    last logged flow loss {dit_loss}. Cross-attention trains against exactly the 512 zero-padded text
    rows WanPipeline feeds (an equivalent logit bias on 32 rows, tested), so default calls are in

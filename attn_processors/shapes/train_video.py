@@ -7,7 +7,7 @@ checkpoints (weights, optimiser, EMA, step, RNG state) written every ``--save-ev
 ``log.jsonl`` with the losses. Rerunning the same command continues where it stopped; a finished
 stage is skipped. Recipe (the video analogue of the image model's, see docs/readme/video-model.md):
 
-1. AutoencoderKLWan: L1 + MSE + 1e-6 KL on random 5-frame 32x32 crops, then 9-frame 64x64 clips.
+1. AutoencoderKLWan: L1 + MSE + 1e-6 KL on random 5-frame 32x32 crops and 13-frame 64x64 clips.
 2. Cache posteriors (mean, std) of ``--cache-size`` 17-frame 64x64 clips; latents are normalised
    per channel with their measured mean/std (stored in the VAE config as Wan does).
 3. WanTransformer3DModel + UMT5 encoder jointly with rectified flow (Wan's objective):
@@ -93,9 +93,12 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
     last = time.time()
     t0 = time.time()
     while step < args.vae_steps:
-        full = step >= int(args.vae_steps * 0.8)  # last 20 %: whole 64x64 frames, 9 frames (two chunks)
-        x = vae_batch(rng, args.vae_batch // 4 if full else args.vae_batch, 9 if full else 5,
-                      vm.SIZE if full else 32).to(device)
+        # 3 of 4 steps: 5-frame 32x32 crops (first frame + one 4-frame chunk); every 4th step whole
+        # 13-frame 64x64 clips, so the caches carried from one 4-frame chunk into the next (every
+        # chunk after the second at inference) and the full-size mid-block attention train too.
+        full = step % 4 == 3
+        batch = max(1, args.vae_batch // 8) if full else args.vae_batch
+        x = vae_batch(rng, batch, 13 if full else 5, vm.SIZE if full else 32).to(device)
         cosine = 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))
         lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * cosine)
         for g in opt.param_groups:
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-size", type=int, default=4000)
     p.add_argument("--dit-steps", type=int, default=20000)
     p.add_argument("--dit-batch", type=int, default=16)
-    p.add_argument("--dit-lr", type=float, default=5e-4)
+    p.add_argument("--dit-lr", type=float, default=8e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--frame-weight", type=float, default=0.2,
                    help="weight of the same-frame attention hinge (0: off); documented in the model card")
