@@ -245,35 +245,39 @@ def tile_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, frames: int, tokens_per_frame: int, k_global: int,
     global_frames: GlobalFrames = "first", text_tokens: int = 0, text_position: TextPosition = "first",
     scale: float | None = None, method: Method = "auto", block_size: int = blockmask.DEFAULT_BLOCK_SIZE,
-    min_block_sparsity: float = 0.25,
+    min_block_sparsity: float = 0.25, attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """k:(F-k) tile-sparse attention on q, k, v [B, H, S, D] -> [B, H, S, D]; exact for the mask."""
+    """k:(F-k) tile-sparse attention on q, k, v [B, H, S, D] -> [B, H, S, D]; exact for the mask.
+
+    ``attn_mask`` (optional, bool or additive, broadcastable to [B, H, S, S]; e.g. a text key-padding
+    mask [B, 1, 1, S]) is intersected with the tile mask.
+    """
     geometry = VideoGeometry(frames, tokens_per_frame, text_tokens, text_position)
     return attend(q, k, v, geometry, k_global, global_frames, scale=scale, method=method,
-                  block_size=block_size, min_block_sparsity=min_block_sparsity)
+                  block_size=block_size, min_block_sparsity=min_block_sparsity, attn_mask=attn_mask)
 
 
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: VideoGeometry, k_global: int,
     global_frames: GlobalFrames = "first", *, scale: float | None = None, method: Method = "auto",
     block_size: int = blockmask.DEFAULT_BLOCK_SIZE, min_block_sparsity: float = 0.25,
-    inner: Callable[..., torch.Tensor] | None = None,
+    inner: Callable[..., torch.Tensor] | None = None, attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``tile_sparse_attention`` with a prepared geometry (what the processors call).
 
     ``inner``: a kernel ``attend(q, k, v, *, mask=None, scale=None)`` (e.g. SageAttention) run on each
-    query group's kept keys instead of SDPA; it forces the gathered path.
+    query group's kept keys instead of SDPA. ``attn_mask``: an extra mask (bool or additive,
+    broadcastable to [B, H, S, S], e.g. text key padding) intersected with the tile mask. Either
+    forces the gathered path.
     """
     if q.dim() != 4 or k.shape != q.shape[:3] + k.shape[3:] or v.shape[:3] != k.shape[:3]:
         raise ValueError(
             f"q, k, v must be [B, H, S, D] with equal B, H, S; got {q.shape}, {k.shape}, {v.shape}"
         )
     geometry.check_seq_len(q.shape[2])
-    if inner is not None:
-        if bool(tile_keep(geometry.frames, k_global, global_frames).all()):
-            return inner(q, k, v, scale=scale)
-        plan = tile_gather_plan(geometry, k_global, global_frames, device=q.device)
-        return blockmask.gather_attend(q, k, v, plan, scale=scale, attend=inner)
+    if inner is not None or attn_mask is not None:
+        plan = tile_gather_plan(geometry, k_global, global_frames, device=q.device)  # full mask: 1 entry
+        return blockmask.gather_attend(q, k, v, plan, scale=scale, mask=attn_mask, attend=inner)
     if method == "auto":
         method, _ = dispatch(geometry, k_global, global_frames, device=q.device, block_size=block_size,
                              min_block_sparsity=min_block_sparsity)
@@ -438,18 +442,10 @@ class TileSparseProcessor(ControlledProcessor):
             return self.inner
         k_global, cfg = self.k_for(geometry.frames), self.config
 
-        def tile_attend(q, k, v, *, mask=None, scale=None):
-            if mask is not None:  # a padding mask (not used by Wan/CogVideoX self-attention): fold it in
-                warn_once(f"tile_sparse:mask:{self.site.name}", f"{self.site.name}: attention mask present; "
-                          "tile-sparse runs as masked SDPA on this layer")
-                tiles = tile_mask(geometry.frames, geometry.tokens_per_frame, k_global,
-                                  global_frames=cfg.global_frames, text_tokens=geometry.text_tokens,
-                                  text_position=geometry.text_position).to(q.device)
-                mask = tiles & mask if mask.dtype == torch.bool else mask.masked_fill(~tiles, float("-inf"))
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        def tile_attend(q, k, v, *, mask=None, scale=None):  # mask: e.g. text key padding, kept exact
             return attend(q, k, v, geometry, k_global, cfg.global_frames, scale=scale, method=cfg.method,
                           block_size=cfg.block_size, min_block_sparsity=cfg.min_block_sparsity,
-                          inner=self.inner)
+                          inner=self.inner, attn_mask=mask)
 
         return tile_attend
 

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--two-object", type=int, default=20, help="two-object prompts")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--max-sequence-length", type=int, default=32)

@@ -131,6 +131,10 @@ def test_custom_op_fake_and_schema(interpreter):
     torch.library.opcheck(interpreter.sage_int8_attn, fp16)
     torch.library.opcheck(interpreter.sage_int8_attn, fp8,
                           test_utils=("test_faketensor", "test_autograd_registration"))
+    n_groups = 4 * 8  # sm90 per-thread Q: ceil(64 / 64) * (64 / 16) * 8
+    torch.library.opcheck(interpreter.sage_quant_rows, (q, None, 0.25, "q", "per_thread", 16, n_groups, 32))
+    km = k.mean(dim=-2, keepdim=True)
+    torch.library.opcheck(interpreter.sage_quant_rows, (k, km, 1.0, "k", "per_thread", 128, 4, 32))
 
 
 @in_process

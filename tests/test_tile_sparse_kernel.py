@@ -44,6 +44,22 @@ def test_gather_equals_masked_sdpa(frames, tpf, text, pos, k_global, gf):
     assert (out - dense).abs().max() > 1e-3  # the mask really drops tiles
 
 
+@pytest.mark.parametrize("additive", [False, True])
+def test_extra_mask_is_intersected_exactly(additive):
+    """A text key-padding mask [B, 1, 1, S] (HunyuanVideo style, text last) on top of the tile mask."""
+    frames, tpf, text = 4, 20, 6
+    s = frames * tpf + text
+    q, k, v = _qkv(s)
+    pad = torch.ones(2, 1, 1, s, dtype=torch.bool)
+    pad[0, ..., -2:] = False  # row 0: its last two text tokens are padding
+    extra = torch.zeros(pad.shape).masked_fill(~pad, float("-inf")) if additive else pad
+    out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=1, text_tokens=text,
+                                text_position="last", attn_mask=extra)
+    tiles = tile_mask(frames, tpf, 1, text_tokens=text, text_position="last")
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=tiles & pad)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["auto", "gather", "sdpa_masked"])
 def test_k_equal_frames_is_dense_attention(method):
     frames, tpf, text = 4, 20, 5

@@ -185,3 +185,13 @@ def test_calibrate_with_explicit_global_frames(tiny_pipe_cache):
     assert plan.global_frames == (0, 2) and all(set(r) == {2} for r in plan.recall.values())
     with pytest.raises(ValueError, match="fixes k = 2"):
         calibrate(pipe, ["a red cat"], global_frames=[0, 2], ks=(1,), num_inference_steps=1, **RUNS["wan"])
+
+
+def test_calibrate_cogvideox_joint_text_first(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("cogvideox")
+    plan = calibrate(pipe, ["a red cat"], target_recall=0.9, num_inference_steps=1, **RUNS["cogvideox"])
+    (name, recall), = plan.recall.items()
+    assert name == "transformer_blocks.0.attn1" and plan.frames == 5
+    values = [recall[k] for k in range(6)]
+    assert values == sorted(values) and values[-1] == pytest.approx(1.0, abs=1e-5)
+    assert values[0] > 0.2  # k = 0 still keeps the diagonal tiles and the 16 dense text keys

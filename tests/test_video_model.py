@@ -62,7 +62,7 @@ def test_detector_scores_ground_truth_clips_perfectly():
 
 def test_static_or_missing_object_is_scored_wrong():
     s = sample_video(np.random.default_rng(4), num_objects=1, colour="red", direction="right")
-    frozen = np.repeat(s.frames[:1], 17, axis=0)  # the object never moves
+    frozen = np.repeat(s.frames[:1], len(s.frames), axis=0)  # the object never moves
     r = score_video(frozen, [("red", s.objects[0].shape, "right")])
     assert r["colour_accuracy"] == 1.0 and r["motion_accuracy"] == 0.0
     assert r["objects"][0]["direction"] == "static"

@@ -228,21 +228,29 @@ def gather_attend(
     plan: GatherPlan,
     *,
     scale: float | None = None,
+    mask: torch.Tensor | None = None,
     attend: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Exact group-masked attention without a mask or compiler: one kernel call per plan entry.
+    """Exact group-masked attention without an S^2 mask or compiler: one kernel call per plan entry.
 
     Each call sees only its kept keys, so the cost is the kept (query, key) pairs plus the key
-    gathers: dropped tiles are skipped as in flex. ``attend(q, k, v, *, mask=None, scale=None)`` is
-    the kernel run on each group (SDPA by default; a quantized kernel composes here).
-    q, k, v: [B, H, S, D]; returns [B, H, S, D].
+    gathers: dropped tiles are skipped as in flex. ``mask`` (bool or additive, broadcastable to
+    [B, H, S, S], e.g. a key-padding mask [B, 1, 1, S]) is intersected with the group mask.
+    ``attend(q, k, v, *, mask=None, scale=None)`` is the kernel run on each group (SDPA by default; a
+    quantized kernel composes here). q, k, v: [B, H, S, D]; returns [B, H, S, D].
     """
     out = torch.empty_like(q)
     for rows, cols in plan:
         kk, vv = (k, v) if cols is None else (k.index_select(2, cols), v.index_select(2, cols))
         qq = q.index_select(2, rows)
-        part = F.scaled_dot_product_attention(qq, kk, vv, scale=scale) if attend is None else attend(
-            qq, kk, vv, scale=scale)
+        m = mask
+        if m is not None:
+            m = m.index_select(-2, rows) if m.shape[-2] != 1 else m
+            m = m.index_select(-1, cols) if cols is not None and m.shape[-1] != 1 else m
+        if attend is None:
+            part = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=m, scale=scale)
+        else:
+            part = attend(qq, kk, vv, mask=m, scale=scale)
         out.index_copy_(2, rows, part.to(out.dtype))
     return out
 

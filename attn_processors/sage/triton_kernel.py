@@ -298,7 +298,7 @@ def quantize_qk_fused(q: torch.Tensor, k: torch.Tensor, spec: SageSpec, log2_sca
     if spec.qk_gran not in FUSED_GRANULARITIES or spec.qk_bits != 8 or spec.smooth_q:
         raise ValueError(f"the fused quantizer does INT8 {FUSED_GRANULARITIES} without smooth-Q, got {spec}")
     dp = pad_head_dim(q.shape[-1])
-    km = k.float().mean(dim=-2, keepdim=True) if spec.smooth_k else None
+    km = k.mean(dim=-2, keepdim=True, dtype=torch.float32) if spec.smooth_k else None  # no fp32 copy of K
     res: dict = {"k_mean": km}
     for name, x, mean, mul, count in (
         ("q", q, None, log2_scale, q_scale_count(q.shape[-2], spec.qk_gran, spec.tiles)),

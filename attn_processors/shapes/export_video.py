@@ -100,7 +100,7 @@ shown to change what a video model draws; it is not a general video model.
 Synthetic clips rendered on the fly (`attn_processors/shapes/video_data.py`): {frames} frames,
 {size}x{size} RGB, light grey background with a small tint; 1 object (60 %) or 2 objects (40 %) with
 distinct colours (red, green, blue, yellow, purple, orange, +-15 RGB jitter), shapes circle / square /
-upright triangle of 14-22 px, moving left / right / up / down at a steady 1.0-1.6 px per frame, never
+upright triangle of 14-22 px, moving left / right / up / down at a steady 2.0-3.2 px per frame, never
 overlapping. Captions: "a red circle moving right", "a red circle moving right and a blue square
 moving up"; 10 % empty captions for classifier-free guidance.
 
@@ -118,9 +118,11 @@ Stock diffusers / transformers classes; configs in `attn_processors/shapes/video
 ## Training
 `python -m attn_processors.shapes.train_video --out runs/video` (seeded, resumable, `--device cuda`).
 
-1. VAE: L1 + MSE + 1e-6 KL, AdamW 1e-3 cosine, batch 8; 5-frame 32x32 crops and 9-frame 64x64 clips
-   for the first 700 steps, then every 4th step a 13-frame 64x64 clip; {vae_steps} steps, {vae_min}
-   min wall. Reconstruction PSNR on held-out 17-frame clips: {vae_psnr} dB.
+1. VAE: L1 + MSE + 1e-6 KL, AdamW cosine, batch 8 (32x32 crops; every 4th step 2 whole clips).
+   A first attempt at Wan's 4x temporal compression (1,100 steps on 5-17 frame clips) kept colours
+   but not the motion inside a 4-frame chunk; its weights warm-started this 2x-temporal VAE (all
+   tensors carry over): {vae_steps} steps, {vae_min} min wall. Reconstruction PSNR on held-out
+   whole clips: {vae_psnr} dB.
 2. Latent cache: {clips} clips (posterior mean and std); per-channel `latents_mean` / `latents_std`
    measured and stored in the VAE config as Wan does; {cache_min} min wall.
 3. Transformer and text encoder jointly with rectified flow as in Wan: x_s = (1 - s) x0 + s eps,
@@ -147,7 +149,7 @@ minutes overstate the work.
 ## Limitations
 - Closed vocabulary (`attn_processors/shapes/vocab.py`); other words tokenize into characters the
   encoder never learned (`attn_processors.shapes.video_tokenizer.check_prompt` names them).
-- 64x64 and 17 frames only (other sizes are untrained). Short CPU training: two-object prompts are
+- 64x64 and 9 frames only (other sizes are untrained). Short CPU training: two-object prompts are
   weaker than one-object prompts, and some samples flicker or lose their object.
 - The frame-tile attention structure is partly trained in (Training, step 4).
 
@@ -195,7 +197,7 @@ def write_model_card(folder: Path, summary: dict, metrics: dict | None) -> None:
     tc, xc, vc = vm.TEXT_CONFIG, vm.TRANSFORMER_CONFIG, vm.VAE_CONFIG
     vae_row = (
         f"| AutoencoderKLWan | base_dim {vc['base_dim']}, z_dim {vm.Z_DIM}, dim_mult {vc['dim_mult']}, "
-        f"1 res block; 4x time (as Wan), 4x space (Wan: 8x) -> latents ({vm.Z_DIM}, 5, 16, 16) |"
+        f"1 res block; 2x time, 4x space (Wan: 4x, 8x) -> latents ({vm.Z_DIM}, 5, 16, 16) |"
     )
     dit_row = (
         f"| WanTransformer3DModel | {xc['num_layers']} blocks, {xc['num_attention_heads']} heads x "

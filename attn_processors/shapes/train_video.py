@@ -7,8 +7,8 @@ checkpoints (weights, optimiser, EMA, step, RNG state) written every ``--save-ev
 ``log.jsonl`` with the losses. Rerunning the same command continues where it stopped; a finished
 stage is skipped. Recipe (the video analogue of the image model's, see docs/readme/video-model.md):
 
-1. AutoencoderKLWan: L1 + MSE + 1e-6 KL on random 5-frame 32x32 crops and 13-frame 64x64 clips.
-2. Cache posteriors (mean, std) of ``--cache-size`` 17-frame 64x64 clips; latents are normalised
+1. AutoencoderKLWan: L1 + MSE + 1e-6 KL on 9-frame clips, 32x32 crops and whole 64x64 frames.
+2. Cache posteriors (mean, std) of ``--cache-size`` 9-frame 64x64 clips; latents are normalised
    per channel with their measured mean/std (stored in the VAE config as Wan does).
 3. WanTransformer3DModel + UMT5 encoder jointly with rectified flow (Wan's objective):
    x_s = (1 - s) x0 + s eps, target v = eps - x0, s from the shifted uniform schedule the
@@ -63,7 +63,9 @@ def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
 # ----------------------------------------------------------------------------------------- VAE
 def vae_batch(rng: np.random.Generator, batch: int, frames: int, crop: int) -> torch.Tensor:
     """(B, 3, frames, crop, crop) in [-1, 1]: random clips at the training speed, randomly cropped."""
-    speed = (1.0 * (frames - 1) / 16, 1.6 * (frames - 1) / 16)  # keep 1-1.6 px/frame at any clip length
+    # sample_video spreads 16-26 px of travel over the clip; keep the px/frame of NUM_FRAMES-long clips
+    ratio = (frames - 1) / (vm.NUM_FRAMES - 1)
+    speed = (1.0 * ratio, 1.6 * ratio)
     clips = []
     for _ in range(batch):
         s = sample_video(rng, num_frames=frames, speed_range=speed)
@@ -82,6 +84,15 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
     vae = vm.make_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     step = 0
+    if not path.exists() and args.vae_init is not None:
+        # warm start from another AutoencoderKLWan checkpoint: every tensor whose name and shape
+        # still match (e.g. a 4x-temporal VAE's spatial convs into this 2x-temporal one)
+        init = torch.load(args.vae_init, map_location=device, weights_only=False)["model"]
+        own = vae.state_dict()
+        kept = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
+        vae.load_state_dict(kept, strict=False)
+        log(run, {"stage": "vae", "init": str(args.vae_init), "tensors_loaded": len(kept),
+                  "tensors": len(own)})
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
         vae.load_state_dict(ck["model"])
@@ -93,12 +104,12 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
     last = time.time()
     t0 = time.time()
     while step < args.vae_steps:
-        # 3 of 4 steps: 5-frame 32x32 crops (first frame + one 4-frame chunk); every 4th step whole
-        # 13-frame 64x64 clips, so the caches carried from one 4-frame chunk into the next (every
-        # chunk after the second at inference) and the full-size mid-block attention train too.
+        # 3 of 4 steps: whole clips cropped to 32x32 (first frame + two 4-frame chunks, so the cache
+        # carried from one chunk into the next is trained); every 4th step whole 64x64 clips, for
+        # the full-size mid-block attention.
         full = step % 4 == 3
-        batch = max(1, args.vae_batch // 8) if full else args.vae_batch
-        x = vae_batch(rng, batch, 13 if full else 5, vm.SIZE if full else 32).to(device)
+        batch = max(1, args.vae_batch // 4) if full else args.vae_batch
+        x = vae_batch(rng, batch, vm.NUM_FRAMES, vm.SIZE if full else 32).to(device)
         cosine = 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))
         lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * cosine)
         for g in opt.param_groups:
@@ -126,7 +137,7 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
 
 @torch.no_grad()
 def eval_vae(vae, device: torch.device, n: int = 16, seed: int = 1234) -> float:
-    """PSNR (dB) of full 17-frame 64x64 reconstructions (posterior mean) on held-out clips."""
+    """PSNR (dB) of whole 64x64 reconstructions (posterior mean) of held-out clips."""
     rng = np.random.default_rng(seed)
     x = torch.stack([frames_to_tensor(sample_video(rng).frames) for _ in range(n)]).to(device)
     y = torch.cat([vae.decode(vae.encode(x[i:i + 4]).latent_dist.mode()).sample for i in range(0, n, 4)])
@@ -136,7 +147,7 @@ def eval_vae(vae, device: torch.device, n: int = 16, seed: int = 1234) -> float:
 # --------------------------------------------------------------------------------- latent cache
 @torch.no_grad()
 def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) -> dict:
-    """Encode ``cache_size`` 17-frame clips once (posterior mean/std in fp16) and measure the per-channel
+    """Encode ``cache_size`` clips once (posterior mean/std in fp16) and measure the per-channel
     latent statistics Wan stores as ``latents_mean`` / ``latents_std``. Resumable in chunks of 64."""
     path = run / "cache.pt"
     cache = torch.load(path, weights_only=False) if path.exists() else {"mean": [], "std": [], "captions": [],
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-6)
+    p.add_argument("--vae-init", type=Path, default=None, help="warm-start the VAE from this vae.pt")
     p.add_argument("--cache-size", type=int, default=4000)
     p.add_argument("--dit-steps", type=int, default=20000)
     p.add_argument("--dit-batch", type=int, default=16)

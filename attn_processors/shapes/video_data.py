@@ -116,7 +116,7 @@ def _separated(a: np.ndarray, b: np.ndarray, gap: float) -> bool:
 def sample_video(
     rng: np.random.Generator,
     num_objects: int | None = None,
-    num_frames: int = 17,
+    num_frames: int = 9,
     size: int = 64,
     side_range: tuple[float, float] = (14.0, 22.0),
     speed_range: tuple[float, float] = (1.0, 1.6),
@@ -138,7 +138,7 @@ def sample_video(
     ):
         if value is not None and value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; use one of {allowed}")
-    # scale the motion range with the canvas so a 64-px, 17-frame clip travels ~17-26 px
+    # scale the motion range with canvas and clip length: a 64-px clip travels 16-26 px in total
     scale = size / 64.0 * 16.0 / (num_frames - 1)
     for _ in range(100):
         colours = list(rng.choice(COLOURS, size=num_objects, replace=False))
