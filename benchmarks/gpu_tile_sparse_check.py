@@ -84,7 +84,7 @@ def check(frames: int, tpf: int, ks: list[int], args, device) -> list[dict]:
         sync(device)
         build_ms[k_global] = 1e3 * (time.perf_counter() - start)
         bm = masks[k_global][0]
-        fns[f"flex{k_global}"] = lambda bm=bm: blockmask.flex_attend(q, k, v, bm)
+        fns[f"flex{k_global}"] = lambda bm=bm: blockmask.flex_attend(q, k, v, bm, mode=args.compile_mode)
         if not args.no_gather:
             plan = blockmask.gather_plan(groups, keep)
             fns[f"gather{k_global}"] = lambda plan=plan: blockmask.gather_attend(q, k, v, plan)
@@ -140,13 +140,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--block-size", type=int, default=blockmask.DEFAULT_BLOCK_SIZE)
     parser.add_argument("--tolerance", type=float, default=2e-3, help="max |flex - fp32 ref| on sampled rows")
     parser.add_argument("--no-gather", action="store_true", help="skip the gathered-SDPA alternative")
+    parser.add_argument("--compile-mode", default=None,
+                        help='torch.compile mode for flex, e.g. "max-autotune-no-cudagraphs"')
     parser.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks" / "results")))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     args.heads = args.heads or (2 if args.small else 24)
     args.dim = args.dim or (32 if args.small else 128)
     tpf = 64 if args.small else 3600
-    if blockmask.compiled_flex() is None:
+    if blockmask.compiled_flex(args.compile_mode) is None:
         raise SystemExit("torch.compile is unavailable: this check measures the compiled flex kernel")
 
     started = time.time()
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_s469": next((r["speedup"] for r in rows if r["frames"] == 8 and r["k"] == 2), None),
         "rows": rows, "env": environment(device),
         "config": {"small": args.small, "dtype": args.dtype, "heads": args.heads, "dim": args.dim, "batch": 1,
-                   "repeats": args.repeats, "block_size": args.block_size, "tokens_per_frame": tpf},
+                   "repeats": args.repeats, "block_size": args.block_size, "tokens_per_frame": tpf,
+                   "compile_mode": args.compile_mode},
         "wall_s": round(time.time() - started, 1),
     }
     out = Path(args.out)

@@ -119,7 +119,7 @@ def test_dispatch_never_picks_eager_flex(monkeypatch):
     assert dispatch(long, 20, device="cuda")[0] == "sdpa_masked"  # block sparsity 0.03 < 0.25
     assert dispatch(VideoGeometry(24, 512), 20, device="cuda")[0] == "gather"  # S = 12 288: no S^2 mask
     # without a compiler: flex_attend refuses (no eager fallback) and auto takes an exact SDPA path
-    monkeypatch.setattr(blockmask, "compiled_flex", lambda: None)
+    monkeypatch.setattr(blockmask, "compiled_flex", lambda mode=None: None)
     q = torch.zeros(1, 1, 16, 8)
     with pytest.raises(RuntimeError, match="compiled flex attention unavailable"):
         blockmask.flex_attend(q, q, q, None)
@@ -128,7 +128,7 @@ def test_dispatch_never_picks_eager_flex(monkeypatch):
 
 
 def test_forced_flex_without_compiler_falls_back_exactly(monkeypatch):
-    monkeypatch.setattr(blockmask, "compiled_flex", lambda: None)
+    monkeypatch.setattr(blockmask, "compiled_flex", lambda mode=None: None)
     monkeypatch.setattr(ts, "_flex_failed", set())  # the failure is remembered there; restored after
     q, k, v = _qkv(4 * 20 + 3)
     out = tile_sparse_attention(q, k, v, frames=4, tokens_per_frame=20, k_global=1, text_tokens=3,

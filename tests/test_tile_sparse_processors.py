@@ -53,16 +53,16 @@ def test_processors_run_end_to_end_and_full_mask_is_identity(tiny_pipe_cache, at
     assert all(type(p).__name__ != "TileSparseProcessor" for p in pipe.transformer.attn_processors.values())
 
 
-def test_full_mask_kernel_path_matches_stock_wan(tiny_pipe_cache):
+def test_full_mask_kernel_path_matches_stock_wan(tiny_pipe_cache, attend_calls):
     """The sparse kernel forced on with a mask that keeps every tile (k = F) gives the stock result."""
     pipe = tiny_pipe_cache("wan")
     dense = _video(pipe, "wan", steps=2)
-    with apply(pipe, TileSparseConfig(k=5, dense_steps=0.0, dense_blocks=0)) as _:
+    with apply(pipe, TileSparseConfig(k=5, method="gather", dense_steps=0.0, dense_blocks=0)):
         for proc in pipe.transformer.attn_processors.values():
             if type(proc).__name__ == "TileSparseProcessor":
-                proc.k_for = lambda frames: frames  # keeps wants() True below
-                proc.wants = lambda call: True
+                proc.sparse = lambda call, geometry: True  # run the kernel even though k = F
         kernel_full = _video(pipe, "wan", steps=2)
+    assert attend_calls and {k for *_, k in attend_calls} == {5}
     torch.testing.assert_close(kernel_full, dense, atol=1e-5, rtol=0)
 
 

@@ -43,7 +43,7 @@ DEFAULT_BLOCK_SIZE = 128
 _RECOMPILE_LIMIT = 64
 
 _lock = threading.Lock()
-_compiled: Callable | None = None
+_compiled: dict[str | None, Callable] = {}  # torch.compile mode -> compiled flex_attention
 _compile_error: str | None = None
 
 
@@ -157,27 +157,34 @@ def block_density(block_mask: BlockMask) -> float:
     return total / (nq * nkv * block_mask.kv_num_blocks.shape[0] * block_mask.kv_num_blocks.shape[1])
 
 
-def compiled_flex() -> Callable | None:
-    """The process-wide ``torch.compile(flex_attention, dynamic=False)``; None if compile is unusable."""
-    global _compiled, _compile_error
+def compiled_flex(mode: str | None = None) -> Callable | None:
+    """The process-wide ``torch.compile(flex_attention, dynamic=False, mode=mode)``; None if compile is
+    unusable. ``mode="max-autotune-no-cudagraphs"`` autotunes the GPU kernel (a slower first call)."""
+    global _compile_error
     with _lock:
-        if _compiled is None and _compile_error is None:
+        if mode not in _compiled and _compile_error is None:
             try:
-                _compiled = torch.compile(flex_attention, dynamic=False)
+                _compiled[mode] = torch.compile(flex_attention, dynamic=False, mode=mode)
             except Exception as exc:  # torch.compile unsupported on this build / platform
                 _compile_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("torch.compile(flex_attention) unavailable (%s); block-sparse falls back", exc)
-    return _compiled
+    return _compiled.get(mode)
 
 
 def flex_attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, *, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: BlockMask,
+    *,
+    scale: float | None = None,
+    mode: str | None = None,
 ) -> torch.Tensor:
     """Compiled flex attention [B, H, S, D] under ``block_mask``. Raises RuntimeError if it cannot compile.
 
     Never calls eager flex: compile failures propagate so callers take their SDPA fallback.
     """
-    fn = compiled_flex()
+    fn = compiled_flex(mode)
     if fn is None:
         raise RuntimeError(f"compiled flex attention unavailable: {_compile_error}")
     import torch._dynamo

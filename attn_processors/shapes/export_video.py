@@ -9,6 +9,7 @@ exact); ``_name_or_path`` is stripped from the configs so nothing points at the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -29,12 +30,13 @@ def export_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, met
     from attn_processors.shapes import video_model as vm
 
     folder = Path(folder)
+    # copies on the CPU, so exporting mid-training leaves the live (possibly CUDA) models in place
     pipe = WanPipeline(
         tokenizer=tokenizer,
-        text_encoder=text_encoder.to("cpu"),
-        vae=vae.to("cpu"),
+        text_encoder=copy.deepcopy(text_encoder).to("cpu"),
+        vae=copy.deepcopy(vae).to("cpu"),
         scheduler=vm.make_scheduler(),
-        transformer=transformer.to("cpu"),
+        transformer=copy.deepcopy(transformer).to("cpu"),
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     _strip_name_or_path(folder)
