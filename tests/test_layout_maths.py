@@ -55,6 +55,24 @@ def test_golden_parity_script_passes_every_case():
         assert errs[key] <= 1e-5, key
 
 
+def test_parity_script_fails_on_a_wrong_golden_value(tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    import benchmarks.csg_parity as parity
+
+    for f in GOLDEN.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    name = "two_objects_overlap.safetensors"
+    tensors = load_file(str(tmp_path / name))
+    tensors["default.loss_total"] = tensors["default.loss_total"] + 1e-4
+    save_file(tensors, str(tmp_path / name))
+    assert parity.main(["--golden", str(tmp_path)]) == 1
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["pass"] is False and last["max_abs_err"]["loss_total"] > 1e-5 and last["cases"] == 4
+
+
 def test_golden_masks_from_normalised_boxes_are_exact():
     for meta, tensors in _golden_cases():
         layouts = meta["layouts"] if "layouts" in meta else [dict(meta, tensor="masks")]

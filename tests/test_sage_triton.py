@@ -1,6 +1,7 @@
 """Our Triton Sage kernel under TRITON_INTERPRET=1 (CPU) against the simulator, and what the
 interpreter gets wrong about FP8 (the reason for ``EMULATE_FP8_CAST``)."""
 
+import json
 import os
 import re
 import subprocess
@@ -213,3 +214,64 @@ def test_fused_quantizer_equals_reference_preprocessing(interpreter, arch, mode)
         assert torch.equal(fused[f"{name}_scale"], ref[f"{name}_scale"])
         assert torch.equal(fused[f"{name}_scale_groups"], ref[f"{name}_scale_groups"])
     assert torch.equal(fused["k_mean"], ref["k_mean"])
+
+
+COMPILE_SCRIPT = r"""
+import json, os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from attn_processors.sage import triton_kernel as tk
+
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+ints = ["n_q", "n_k", "n_heads", "kv_group", "sqb", "sqh", "sqn", "skb", "skh", "skn", "svb", "svh", "svd",
+        "sob", "soh", "son"]
+def fresh_accumulator(ttgir):
+    # the FP8 P.V dot: promotion every 64 products, accumulating into a zero constant (not into acc)
+    line = next(x for x in ttgir.splitlines() if "warp_group_dot " in x and "maxNumImpreciseAcc = 64" in x)
+    acc = line.split("warp_group_dot", 1)[1].split(",")[2].split("{")[0].strip()
+    return any(x.strip().startswith(acc + " = arith.constant dense<0.0") for x in ttgir.splitlines())
+
+
+out = []
+for cap, d, fp8, causal in [(90, 128, True, False), (90, 128, True, True), (90, 64, True, False),
+                            (89, 64, True, False), (80, 128, False, False)]:
+    const = dict(BLOCK_M=128, BLOCK_N=64, HEAD_D=d, PV_FP8=fp8, CAUSAL=causal, EMULATE_FP8_CAST=False)
+    sig = {"Q": "*i8", "K": "*i8", "V": "*fp8e4nv" if fp8 else "*fp16", "QS": "*fp32", "KS": "*fp32",
+           "VS": "*fp32", "Out": "*bf16", "LSE": "*fp32", **{n: "i32" for n in ints},
+           **{k: "constexpr" for k in const}}
+    k = triton.compile(ASTSource(fn=tk._sage_attn_fwd, signature=sig, constexprs=const),
+                       target=GPUTarget("cuda", cap, 32), options={"num_warps": 8, "num_stages": 2})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(k.asm["ptx"])
+    arch = "sm_90a" if cap == 90 else f"sm_{cap}"
+    log = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", f.name, "-o", os.devnull],
+                         capture_output=True, text=True).stderr
+    spill = re.search(r"(\d+) bytes spill stores", log)
+    out.append({"cap": cap, "d": d, "fp8": fp8, "causal": causal, "ptx": k.asm["ptx"].count("mma"),
+                "wgmma": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.\w+\.(\w+\.\w+\.\w+)",
+                                               k.asm["ptx"]))),
+                "fresh_pv_acc": fresh_accumulator(k.asm["ttgir"]) if fp8 and cap == 90 else None,
+                "spill_bytes": int(spill.group(1)) if spill else None})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_gpus_without_spills():
+    """Lower our kernel to PTX/cubin for sm_90a, sm_89 and sm_80 with no GPU present (~30 s).
+
+    Checks what the interpreter cannot: INT8 and FP8 WGMMA on Hopper, the FP8 P.V dot keeping its own
+    (fresh) accumulator with promotion every 64 products, and no register spills on Hopper at the
+    launch config.
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    for r in rows:
+        assert r["spill_bytes"] == 0 if r["cap"] == 90 else r["spill_bytes"] < 64, r  # sm80/89: a few bytes
+        if r["cap"] == 90:
+            assert {"s32.s8.s8", "f32.e4m3.e4m3"} <= set(r["wgmma"]), r
+            assert r["fresh_pv_acc"], r

@@ -18,9 +18,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .quant import LOG2E, head_dim_scale
+from .quant import ARCH_PRESETS, LOG2E, head_dim_scale
 from .reference import quantize_qk, quantize_v, simulate
-from .spec import DEFAULT_ARCH, MODES, SageSpec, spec_for
+from .spec import DEFAULT_ARCH, MODES, SAGE1_TILES, SageSpec, spec_for
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ MIN_KV_LEN = 2048  # below this the quantization overhead eats the gain (thu-ml 
 LONG_SEQ_FP16_PV = 160_000  # above this FP8 P.V gets visibly noisy (thu-ml #388): FP16 P.V instead
 MAX_HEAD_DIM = 128  # upstream raises "Unsupported head_dim" above this
 UPSTREAM_MIN_VERSION = (2, 1, 1)  # Diffusers' _REQUIRED_SAGE_VERSION
+TRITON_TILES = ARCH_PRESETS["sm89"].tiles  # our kernel: groups + key blocks 128/32/64/64 (triton_spec)
 
 FALLBACKS: Counter[str] = Counter()  # reason category -> number of calls that ran SDPA instead
 KERNEL_CALLS: Counter[str] = Counter()  # kernel -> number of calls
@@ -287,7 +288,15 @@ def _run_kernel(
 
 
 def triton_spec(spec: SageSpec) -> SageSpec:
-    """The recipe our Triton kernel computes: fp32 outer accumulation lets FP8 V use the full 448 range."""
+    """The recipe our Triton kernel computes (the simulator reproduces it exactly).
+
+    - fp32 outer accumulation lets FP8 V use the full 448 range;
+    - key blocks of 64 (``TRITON_TILES``) on every arch: the fresh per-block FP8 accumulator of the
+      two-level scheme costs a second [BLOCK_M, D] register tile, and with 128-key blocks ptxas
+      spills on sm90 at D=128 (checked by compiling for sm_90a without a GPU); with 64 it does not.
+    """
+    if spec.tiles.blk_k != TRITON_TILES.blk_k:
+        spec = replace(spec, tiles=TRITON_TILES if spec.qk_gran != "per_block" else SAGE1_TILES)
     return replace(spec, v_scale_max=448.0) if spec.pv == "fp8" else spec
 
 
