@@ -127,6 +127,8 @@ def train_decoder(args: argparse.Namespace, out: Path, device: torch.device) -> 
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
+        for g in opt.param_groups:  # a resumed run may lower the learning rate
+            g["lr"] = args.decoder_lr
         step, gen = state["step"], state["gen"]
     last_save, t0 = time.time(), time.time()
 
