@@ -5,7 +5,8 @@ guidance / full CSG (same initial noise), detects objects with the shapes detect
 - hit_rate: fraction of objects found with the right colour and shape and IoU >= 0.5 with the box;
 - miou: mean over objects of the best IoU of a right colour+shape detection (0 when none);
 - all_hit_rate: fraction of images in which every object hits;
-- seconds_per_image: wall time of one pipeline call (decode included, warm-up excluded).
+- seconds_per_image: wall time of one pipeline call (decode included, warm-up excluded);
+- colour_hit_rate, colour_miou: the same with the shape ignored (diagnostic: right colour in the box).
 The last line is one JSON object: {"methods": {...}, "time_ratio_full_vs_unguided": ...}.
 
     python benchmarks/layout_eval.py --seeds 4                     # default cases, assets/shapes-sd
@@ -61,13 +62,17 @@ def parse_phrase(phrase: str) -> tuple[str, str]:
     return words[0], words[1]
 
 
-def score(image: np.ndarray, phrases: list[str], boxes: list[list[float]]) -> list[float]:
-    """Best IoU of a right colour+shape detection with each object's box (0 when none)."""
+def score(image: np.ndarray, phrases: list[str], boxes: list[list[float]],
+          match_shape: bool = True) -> list[float]:
+    """Best IoU of a right colour+shape detection with each object's box (0 when none).
+
+    ``match_shape=False`` ignores the shape (diagnostic: is the right colour in the box?)."""
     dets = detect(image)
     out = []
     for phrase, box in zip(phrases, boxes, strict=True):
         colour, shape = parse_phrase(phrase)
-        ious = [box_iou(d.box, box) for d in dets if d.colour == colour and d.shape == shape]
+        ious = [box_iou(d.box, box) for d in dets
+                if d.colour == colour and (d.shape == shape or not match_shape)]
         out.append(max(ious, default=0.0))
     return out
 
@@ -81,7 +86,7 @@ def evaluate(pipe: LayoutToImagePipeline, cases: list[dict], seeds: int, params:
     pipe(c0["prompt"], boxes=c0["boxes"], phrases=c0["phrases"], mode="full", num_inference_steps=2,
          guidance_scale=cfg, layout_params=params, generator=torch.Generator().manual_seed(0))  # warm-up
     for method in methods:
-        ious, all_hit, secs = [], [], []
+        ious, colour_ious, all_hit, secs = [], [], [], []
         for ci, case in enumerate(cases):
             for seed in range(seeds):
                 t0 = time.perf_counter()
@@ -92,13 +97,15 @@ def evaluate(pipe: LayoutToImagePipeline, cases: list[dict], seeds: int, params:
                 img = np.asarray(out.images[0].convert("RGB"))
                 s = score(img, case["phrases"], case["boxes"])
                 ious += s
+                colour_ious += score(img, case["phrases"], case["boxes"], match_shape=False)
                 all_hit.append(all(v >= 0.5 for v in s))
                 if save is not None:
                     big = out.images[0].resize((256, 256), 0)
                     draw_boxes(big, case["boxes"], case["phrases"]).save(save / f"{method}_c{ci}_s{seed}.png")
-        arr = np.array(ious)
+        arr, col = np.array(ious), np.array(colour_ious)
         results[method] = {"hit_rate": float((arr >= 0.5).mean()), "miou": float(arr.mean()),
                            "all_hit_rate": float(np.mean(all_hit)), "seconds_per_image": float(np.mean(secs)),
+                           "colour_hit_rate": float((col >= 0.5).mean()), "colour_miou": float(col.mean()),
                            "objects": int(arr.size), "images": len(all_hit)}
         print(json.dumps({method: results[method]}), flush=True)
     return results

@@ -10,6 +10,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Without CUDA our Triton kernels run under the interpreter; the flag must be set before anything
+# (diffusers included) imports triton, so it is set here rather than in the Sage tests.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(scope="session")
 def tiny_pipe_cache():
