@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=20)
-    p.add_argument("--max-sequence-length", type=int, default=32)
+    p.add_argument(
+        "--max-sequence-length", type=int, default=512, help="WanPipeline default; training matches it"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", type=Path, default=None, help="write the generated clips here (npz)")

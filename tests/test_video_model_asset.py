@@ -86,7 +86,6 @@ def test_self_attention_has_frame_tile_structure(pipe):
             width=64,
             num_inference_steps=4,
             guidance_scale=4.0,
-            max_sequence_length=32,
             generator=[torch.Generator().manual_seed(i) for i in range(2)],
             output_type="latent",
         )
