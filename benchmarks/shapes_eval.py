@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             parse_caption(prompt)  # ValueError naming the problem
         triples: list[str] = []
     else:
-        prompts = prompt_set(1, args.single) + prompt_set(2, args.double)
+        singles, doubles = prompt_set(1, args.single), prompt_set(2, args.double)
+        # interleaved, so the attention figures (first --attn-images images) cover both kinds
+        prompts = [p for pair in zip(singles, doubles, strict=False) for p in pair]
+        prompts += singles[len(doubles):] + doubles[len(singles):]
         triples = prompt_set(3, args.triple)
 
     t0 = time.perf_counter()
