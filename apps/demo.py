@@ -113,7 +113,34 @@ def panel_attention(pipe, out_dir: Path) -> list[Path]:
     return paths
 
 
-PANELS: list[tuple[str, Panel]] = [("grid", panel_grid), ("attention", panel_attention)]
+LAYOUT_CASES = Path(__file__).resolve().parents[1] / "benchmarks" / "cases" / "layout_default.json"
+
+
+def panel_layout(pipe, out_dir: Path) -> list[Path]:
+    """Unguided vs CSG layout control from the same seed, boxes drawn (the first cases of the eval set)."""
+    import json
+
+    from pipelines.layout_to_image import LayoutToImagePipeline, layout_panel
+
+    spec = json.loads(LAYOUT_CASES.read_text())
+    layout_pipe = LayoutToImagePipeline.from_pipe(pipe)
+    layout_pipe.set_progress_bar_config(disable=True)
+    paths = []
+    for i, case in enumerate(spec["cases"][:2]):
+        panel = layout_panel(layout_pipe, case["prompt"], case["phrases"], case["boxes"], seed=i,
+                             num_inference_steps=NUM_STEPS, guidance_scale=CFG_SCALE,
+                             layout_params=spec.get("layout_params"))
+        path = out_dir / f"layout_{i}.png"
+        panel.save(path)
+        paths.append(path)
+    return paths
+
+
+PANELS: list[tuple[str, Panel]] = [
+    ("grid", panel_grid),
+    ("attention", panel_attention),
+    ("layout", panel_layout),
+]
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

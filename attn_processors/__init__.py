@@ -10,6 +10,8 @@ Example (a stock pipeline; each technique is a frozen config installed with one 
     attention_maps(pipe, "a red cat").grid().save("maps.png")
 """
 
+import importlib
+
 from .core import (
     CallInfo,
     ControlledProcessor,
@@ -26,7 +28,25 @@ from .core import (
     select,
 )
 
+# Technique configs load on first use, so `import attn_processors` stays light (no triton, no flex
+# compile) and the core never depends on a technique.
+_TECHNIQUE_CONFIGS = {
+    "LayoutConfig": "attn_processors.layout",
+    "SageConfig": "attn_processors.sage",
+    "TileSparseConfig": "attn_processors.tile_sparse",
+}
+
+
+def __getattr__(name: str):
+    if name in _TECHNIQUE_CONFIGS:
+        return getattr(importlib.import_module(_TECHNIQUE_CONFIGS[name]), name)
+    raise AttributeError(f"module 'attn_processors' has no attribute {name!r}")
+
+
 __all__ = [
+    "LayoutConfig",
+    "SageConfig",
+    "TileSparseConfig",
     "CallInfo",
     "ControlledProcessor",
     "Controller",

@@ -3,7 +3,8 @@
     python -m attn_processors.shapes.export_image --run runs/shapes --out assets/shapes-sd
 
 Writes the standard Diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-scheduler/) in safetensors, fp16 by default, with no safety checker and no ``_name_or_path``, so
+scheduler/) in safetensors, fp32 by default (fp16 with --fp16), with no safety checker and no
+``_name_or_path``, so
 ``StableDiffusionPipeline.from_pretrained(out)`` works offline. ``training.json`` records the step
 and recipe; a hand-written MODEL_CARD.md in ``--out`` is left untouched.
 """
@@ -60,7 +61,7 @@ def strip_name_or_path(folder: Path) -> None:
             cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def export(run: Path, out: Path, fp16: bool = True) -> Path:
+def export(run: Path, out: Path, fp16: bool = False) -> Path:
     pipe = load_run(run)
     if fp16:
         pipe.to(torch.float16)
@@ -80,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("runs/shapes"))
     p.add_argument("--out", type=Path, default=Path("assets/shapes-sd"))
-    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
+    p.add_argument("--fp16", action="store_true",
+                   help="halve the weights (default fp32, so a plain from_pretrained runs on CPU)")
     args = p.parse_args(argv)
-    out = export(args.run, args.out, fp16=not args.fp32)
+    out = export(args.run, args.out, fp16=args.fp16)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(json.dumps({"out": str(out), "mb": round(size / 2**20, 2)}))
 
