@@ -200,7 +200,8 @@ def video_model_eval(model: Path | None, prompts: int, steps: int) -> dict:
     import benchmarks.video_eval as ve
     from attn_processors.core import apply
 
-    args = argparse.Namespace(batch=8, frames=17, size=64, steps=steps, guidance=4.0, max_sequence_length=32)
+    # the video model is trained on 9-frame 64 px clips with 512 (zero-padded) text rows: evaluate there
+    args = argparse.Namespace(batch=8, frames=9, size=64, steps=steps, guidance=4.0, max_sequence_length=512)
     pipe = ve.load_pipeline(model or ve.DEFAULT_MODEL, "cuda" if torch.cuda.is_available() else "cpu")
     items = ve.eval_prompts(prompts, num_objects=1, seed=0)
     texts, seeds = [it["prompt"] for it in items], list(range(len(items)))
