@@ -14,7 +14,7 @@ The last line is one JSON object: {"methods": {...}, "time_ratio_full_vs_unguide
     python benchmarks/layout_eval.py --layout-params '{"scale_factor": 20}'   # override tuned params
 
 The case file is a list of cases, or {"layout_params": {...}, "sampling": {...}, "cases": [...]} where
-``layout_params`` are the LayoutConfig values tuned for the model (see docs/readme/layout.md).
+``layout_params`` are the LayoutConfig values tuned for the model (README: "Layout control (CSG)").
 """
 
 from __future__ import annotations
