@@ -19,8 +19,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
 
+from ..core import CallInfo, ControlledProcessor, Controller, Select, Site
+from ..core.install import processors_for
 from .detector import detect
 from .vocab import parse_caption
 
@@ -34,38 +35,21 @@ def shape_position(j: int) -> int:
     return 3 + 4 * j
 
 
-class CrossAttentionProbe:
-    """``attn2`` processor with the stock maths (explicit softmax) that hands its probabilities on.
+class CrossAttentionProbe(ControlledProcessor):
+    """``attn2`` processor: the core's explicit-softmax path, handing its probabilities on unchanged.
 
-    ``sink(name, probs)`` receives head-averaged probabilities (B, N, T) of every call.
+    ``sink(name, probs)`` receives head-averaged probabilities (B, N, T) of every call, with their
+    autograd graph (the training's grounding loss differentiates through them).
     """
 
-    def __init__(self, name: str, sink: Callable[[str, torch.Tensor], None]) -> None:
-        self.name = name
+    def __init__(self, site: Site, sink: Callable[[str, torch.Tensor], None]) -> None:
+        super().__init__(site, Controller())
+        self.name = site.name
         self.sink = sink
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is None or hidden_states.ndim != 3:
-            raise ValueError(f"{self.name}: the probe handles only 3-D cross-attention calls")
-        batch, n, _ = hidden_states.shape
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*H, N, d)
-        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*H, T, d)
-        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(q, k, attention_mask)  # (B*H, N, T)
-        self.sink(self.name, probs.view(batch, attn.heads, n, -1).mean(1))  # (B, N, T)
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))  # (B, N, C)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+    def edit_probs(self, probs: torch.Tensor, call: CallInfo) -> torch.Tensor:  # [B, H, N, T] fp32
+        self.sink(self.name, probs.mean(1))  # (B, N, T)
+        return probs
 
 
 def cross_attention_names(unet: torch.nn.Module) -> list[str]:
@@ -76,11 +60,8 @@ def cross_attention_names(unet: torch.nn.Module) -> list[str]:
 def install_probes(unet: torch.nn.Module, sink: Callable[[str, torch.Tensor], None]) -> dict:
     """Put a probe on every attn2 layer; returns the previous processors (pass to ``restore``)."""
     previous = dict(unet.attn_processors)
-    procs = {
-        k: CrossAttentionProbe(k.removesuffix(".processor"), sink) if k.endswith("attn2.processor") else p
-        for k, p in previous.items()
-    }
-    unet.set_attn_processor(procs)
+    unet.set_attn_processor(processors_for(unet, lambda site: CrossAttentionProbe(site, sink),
+                                           Select(kinds=("cross",))))
     return previous
 
 
