@@ -43,8 +43,8 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "attention_options": (dict,), "fps": (int, float),
 }
 DEFAULT_FIELDS = set(FIELD_TYPES) - {"prompt", "seed"} | {"base_seed"}
-# what the shipped assets/moving-shapes-wan was trained and evaluated at (17 frames, 64x64, 20 steps)
-BUILTIN_DEFAULTS: dict[str, Any] = {"negative_prompt": None, "frames": 17, "height": 64, "width": 64,
+# what the shipped assets/moving-shapes-wan was trained and evaluated at (9 frames, 64x64, 20 steps)
+BUILTIN_DEFAULTS: dict[str, Any] = {"negative_prompt": None, "frames": 9, "height": 64, "width": 64,
                                     "steps": 20, "guidance": 4.0, "attention": "dense",
                                     "attention_options": {}, "fps": 8, "base_seed": 0}
 MANIFEST = "manifest.jsonl"

@@ -37,12 +37,32 @@ from attn_processors.shapes.video_detect import score_video  # noqa: E402
 DEFAULT_MODEL = ROOT / "assets" / "moving-shapes-wan"
 
 
-def technique_config(spec: str):
+def technique_config(spec: str, options: dict | None = None):
     """None for 'dense', else the technique config pipelines.video builds for the same name
     ('tile_sparse', 'sage', 'tile_sparse+sage'); raises ValueError naming what is unavailable."""
     from pipelines.video import attention_config
 
-    return attention_config(spec)
+    return attention_config(spec, options)
+
+
+def calibrate_plan(
+    pipe, num_prompts: int, target_recall: float, path: Path, args: argparse.Namespace
+) -> dict:
+    """Calibrate the per-layer tile-sparse k on ``num_prompts`` prompts drawn apart from the evaluation
+    prompts (another seed), at the evaluation's size and steps; save the plan JSON to ``path``."""
+    from attn_processors.tile_sparse import calibrate
+
+    items = eval_prompts(num_prompts, num_objects=1, seed=args.seed + 7_919)
+    plan = calibrate(pipe, [it["prompt"] for it in items], target_recall=target_recall,
+                     num_frames=args.frames, height=args.size, width=args.size,
+                     num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     max_sequence_length=args.max_sequence_length,
+                     generator=torch.Generator("cpu").manual_seed(args.seed + 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plan.save(path)
+    return {"plan": str(path), "k": plan.k, "target_recall": target_recall,
+            "recall": {name: {str(k): round(r, 4) for k, r in by_k.items()}
+                       for name, by_k in plan.recall.items()}}
 
 
 def load_pipeline(model: Path, device: str):
@@ -117,14 +137,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--max-sequence-length", type=int, default=512, help="WanPipeline default; training matches it"
     )
+    p.add_argument("--attention-options", default="{}", help="JSON options of the technique's config")
+    p.add_argument("--calibrate", type=int, default=0,
+                   help="tile_sparse: calibrate a per-layer k plan on this many other prompts first")
+    p.add_argument("--target-recall", type=float, default=0.9, help="calibration recall target")
+    p.add_argument("--plan-out", type=Path, default=ROOT / "outputs" / "video_eval" / "tile_plan.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", type=Path, default=None, help="write the generated clips here (npz)")
     args = p.parse_args(argv)
     if args.quick:
         args.num, args.two_object, args.steps = 12, 4, 12
-    config = technique_config(args.attention)  # fail fast on an unknown technique
+    options = json.loads(args.attention_options)
+    config = technique_config(args.attention, options)  # fail fast on an unknown technique or option
+    if args.calibrate and not args.attention.startswith("tile_sparse"):
+        raise ValueError("--calibrate applies to --attention tile_sparse or tile_sparse+sage")
     pipe = load_pipeline(args.model, args.device)
+    calibration = None
+    if args.calibrate:
+        calibration = calibrate_plan(pipe, args.calibrate, args.target_recall, args.plan_out, args)
+        if args.attention == "tile_sparse":
+            options = {**options, "plan": calibration["plan"]}
+        else:
+            inner = {**options.get("tile_sparse", {}), "plan": calibration["plan"]}
+            options = {**options, "tile_sparse": inner}
+        config = technique_config(args.attention, options)
 
     one = eval_prompts(args.num, num_objects=1, seed=args.seed)
     two = eval_prompts(args.two_object, num_objects=2, seed=args.seed + 1) if args.two_object else []
@@ -145,7 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
         "frames": args.frames,
         "size": args.size,
         "device": args.device,
+        "attention_options": options,
     }
+    if calibration is not None:
+        result["calibration"] = calibration
     videos, sec = dense, sec_dense
     if config is not None:
         from attn_processors.core.install import apply

@@ -132,6 +132,31 @@ def build_tiny_wan() -> Any:
         return tiny_pipeline("wan", seed=0)
 
 
+def uses_shapes_vocabulary(pipe: Any) -> bool:
+    """True when the pipeline's tokenizer is the moving-shapes closed vocabulary (the shipped model or
+    any copy of it): its prompts can then be checked word by word before generating."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        return False
+    from attn_processors.shapes.video_tokenizer import tokenizer_pieces
+
+    vocab = tokenizer.get_vocab()
+    pieces = [piece for piece, _ in tokenizer_pieces()]
+    return len(vocab) == len(pieces) and all(piece in vocab for piece in pieces)
+
+
+def check_prompt_vocabulary(pipe: Any, *texts: str | None) -> None:
+    """ValueError naming the out-of-vocabulary words when `pipe` is a moving-shapes model: such words
+    tokenize into characters its text encoder never learned, so the video would ignore them."""
+    if not uses_shapes_vocabulary(pipe):
+        return
+    from attn_processors.shapes.video_tokenizer import check_prompt
+
+    for text in texts:
+        if text:
+            check_prompt(text, strict=True)
+
+
 def check_request(pipe: Any, *, num_frames: int, height: int, width: int, num_inference_steps: int,
                   guidance_scale: float) -> None:
     """Reject sizes the pipeline would silently round (Wan rounds frames) or fail on deep inside."""
@@ -229,6 +254,7 @@ def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None
         raise ValueError("pass either seed or generator, not both.")
     check_request(pipe, num_frames=num_frames, height=height, width=width,
                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    check_prompt_vocabulary(pipe, prompt, negative_prompt)
     config = attention_config(attention, attention_options)
     if seed is not None:
         generator = torch.Generator("cpu").manual_seed(int(seed))

@@ -211,3 +211,32 @@ def test_training_script_runs_resumes_and_exports(tmp_path):
     pipe = WanPipeline.from_pretrained(tmp_path / "asset")
     assert pipe.vae.config.latents_std != [1.0] * vm.Z_DIM
     assert (tmp_path / "asset" / "MODEL_CARD.md").exists()
+
+
+def test_object_weighted_reconstruction_loss_targets_shape_pixels():
+    x = torch.stack([tv.frames_to_tensor(sample_video(np.random.default_rng(i), num_objects=1).frames)
+                     for i in range(2)])
+    w = tv.object_weights(x, 4.0)
+    assert w.shape == (2, 1, *x.shape[2:]) and set(w.unique().tolist()) == {1.0, 4.0}
+    assert 0.01 < float((w > 1).float().mean()) < 0.2  # shapes are a few percent of the pixels
+    # an error on shape pixels costs more than the same error on the background
+    on_shape = (w > 1).expand_as(x)
+    y_shape, y_bg = x.clone(), x.clone()
+    y_shape[on_shape] += 0.2
+    y_bg[~on_shape] += 0.2 * on_shape.float().mean() / (1 - on_shape.float().mean())  # same total error
+    assert tv.reconstruction_loss(y_shape, x, 4.0) > 2 * tv.reconstruction_loss(y_bg, x, 4.0)
+    assert torch.allclose(tv.reconstruction_loss(x + 0.1, x, 1.0), torch.tensor(0.1 + 0.01))
+
+
+def test_cross_attention_gain_and_decay_groups():
+    torch.manual_seed(0)
+    transformer = vm.make_transformer()
+    tv.set_cross_attention_gain(transformer, 2.5)
+    assert all(float(b.attn2.norm_q.weight.min()) == 2.5 == float(b.attn2.norm_k.weight.max())
+               for b in transformer.blocks)
+    assert all(float(b.attn1.norm_q.weight.max()) == 1.0 for b in transformer.blocks)  # self-attn untouched
+    decay, keep = tv.decay_groups([transformer], 1e-2)
+    assert decay["weight_decay"] == 1e-2 and keep["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in keep["params"])
+    assert any(p is transformer.blocks[0].attn2.norm_q.weight for p in keep["params"])
+    assert len(decay["params"]) + len(keep["params"]) == len(list(transformer.parameters()))

@@ -104,3 +104,21 @@ def test_prompt_accuracy_meets_issue_4():
 
     res = main(["--model", str(ASSET), "--num", "40", "--two-object", "0"])
     assert res["colour_accuracy"] >= 0.8 and res["motion_accuracy"] >= 0.7, res
+
+
+def test_wrapper_names_out_of_vocabulary_words_for_the_shipped_model(pipe):
+    from pipelines.video import (
+        build_tiny_wan,
+        check_prompt_vocabulary,
+        generate_video,
+        uses_shapes_vocabulary,
+    )
+
+    assert uses_shapes_vocabulary(pipe) and not uses_shapes_vocabulary(build_tiny_wan())
+    check_prompt_vocabulary(pipe, "a red circle moving right and a blue square moving up")
+    with pytest.raises(ValueError, match=r"\['dragon', 'flying'\]"):
+        generate_video(pipe, "a dragon flying right", num_frames=5, height=32, width=32,
+                       num_inference_steps=1, progress=False)
+    with pytest.raises(ValueError, match="teal"):
+        generate_video(pipe, "a red circle", negative_prompt="teal", num_frames=5, height=32, width=32,
+                       num_inference_steps=1, progress=False)
