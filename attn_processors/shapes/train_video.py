@@ -419,9 +419,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
+    # the recipe of the latest start, for the model card (export_video.training_summary reads it)
+    (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                    for k, v in vars(args).items()}, indent=1))
+    vae_done = (args.out / "vae.pt").exists() and (args.out / "cache.pt").exists()
     vae = train_vae(args.out, args, device)
-    if args.stage == "vae":
+    if not vae_done:  # first time past the VAE stage: record its held-out PSNR for the model card
         log(args.out, {"stage": "vae", "done": True, "psnr_full": round(eval_vae(vae, device), 2)})
+    if args.stage == "vae":
         return
     cache = build_cache(args.out, args, vae, device)
     if args.stage == "cache":
