@@ -5,14 +5,23 @@ run interleaved (sdpa, flex, gather, sdpa, flex, ...) and the median of the repe
 shared, loaded machine slows all of them alike. The first call of each variant (the compile) is not
 timed. The last line printed is one JSON object.
 
+"flex" is ``blockmask.flex_attend``: ``torch.compile(flex_attention)`` with the analytic BlockMask,
+``SKIP_MASK_SCORE`` when no block is partial (frame spans here are multiples of the 128-token block,
+so every computed block is full and mask_mod never runs), and Inductor's CPU template patched by
+``blockmask.tune_cpu_flex_template`` (fp32 q @ k^T on brgemm instead of a 1 x 16 micro-GEMM: dense
+flex goes from ~0.4x to ~0.95x SDPA per computed block). ``--stock-template`` measures the unpatched
+template for comparison. Block size 128: 64 is slower (twice the per-block overhead), 256 within noise.
+
     nice -n 10 .venv/bin/python benchmarks/tile_sparse_bench.py            # full (~10 min on 2 cores)
     .venv/bin/python benchmarks/tile_sparse_bench.py --quick               # CI size
+    .venv/bin/python benchmarks/tile_sparse_bench.py --quick --stock-template   # before the patch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -133,7 +142,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--stock-template", action="store_true",
+                        help="leave Inductor's CPU flex template unpatched (the 'before' numbers)")
     args = parser.parse_args()
+    if args.stock_template:
+        os.environ["ATTN_PROCESSORS_STOCK_CPU_FLEX"] = "1"  # read at the first flex call
     repeats = args.repeats or (3 if args.quick else 7)
     if blockmask.compiled_flex() is None:
         raise SystemExit("torch.compile is unavailable: this benchmark measures the compiled flex kernel")
@@ -172,7 +185,9 @@ def main() -> None:
         "config": {"quick": args.quick, "repeats": repeats, "heads": args.heads, "dim": args.dim, "batch": 1,
                    "block_size": blockmask.DEFAULT_BLOCK_SIZE, "threads": torch.get_num_threads(),
                    "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                   "scaling_k": 1},
+                   "scaling_k": 1,
+                   "cpu_flex_template": "tuned" if blockmask.tune_cpu_flex_template() else
+                   f"stock ({blockmask._cpu_template.get('why')})"},
     }
     print(json.dumps(result))
 

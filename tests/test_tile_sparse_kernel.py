@@ -1,5 +1,7 @@
 """Tile-sparse kernels: exact vs masked SDPA, the k = F identity, the recall error bound, dispatch."""
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,3 +201,19 @@ def test_gpu_check_script_cpu_path(tmp_path):
     assert {"speedup", "gate", "gate_ok", "block_sparsity", "gather_speedup"} <= set(result["rows"][0])
     saved = json.loads((tmp_path / "tile_sparse_gpu_small.json").read_text())
     assert saved["config"]["small"] and saved["env"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the CPU template rewrite is x86")
+def test_cpu_flex_template_is_tuned_and_exact():
+    """The Inductor CPU template rewrite (fp32 q @ k^T on brgemm, fused scale) applies to the pinned
+    torch and stays exact, both without partial blocks (SKIP_MASK_SCORE) and with them (mask_mod)."""
+    assert blockmask.tune_cpu_flex_template(), blockmask._cpu_template.get("why")
+    frames, tpf = 4, 64
+    q, k, v = _qkv(frames * tpf, b=1, h=2)
+    out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=1, method="flex",
+                                block_size=64)  # frames align with blocks: no partial block
+    ref = _masked_sdpa(q, k, v, frames, tpf, 1, "first", 0, "first")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=1, method="flex",
+                                block_size=48)  # frame spans cut blocks: mask_mod on partial blocks
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
