@@ -240,3 +240,10 @@ def test_cross_attention_gain_and_decay_groups():
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in keep["params"])
     assert any(p is transformer.blocks[0].attn2.norm_q.weight for p in keep["params"])
     assert len(decay["params"]) + len(keep["params"]) == len(list(transformer.parameters()))
+
+
+def test_dit_learning_rate_schedule():
+    assert tv.dit_lr_factor(0) == pytest.approx(1 / 200) and tv.dit_lr_factor(5000) == 1.0
+    assert tv.dit_lr_factor(1000, 1000, 3000) == 1.0
+    assert tv.dit_lr_factor(2000, 1000, 3000) == pytest.approx(0.55)
+    assert tv.dit_lr_factor(3000, 1000, 3000) == pytest.approx(0.1) == tv.dit_lr_factor(9000, 1000, 3000)

@@ -138,7 +138,7 @@ Stock diffusers / transformers classes; configs in `attn_processors/shapes/video
 2. Latent cache: {clips} clips (posterior mean and std); per-channel `latents_mean` / `latents_std`
    measured and stored in the VAE config as Wan does; {cache_min} min wall.
 3. Transformer and text encoder jointly with rectified flow as in Wan: x_s = (1 - s) x0 + s eps,
-   target eps - x0, s from the shift-{shift} schedule; AdamW {dit_lr} (200-step warm-up), weight decay
+   target eps - x0, s from the shift-{shift} schedule; AdamW {dit_lr} (200-step warm-up{decay}), weight decay
    1e-2 on matrices only (none on norm gains and biases), grad clip 1, batch {dit_batch}, EMA 0.999
    (the EMA is shipped). {dit_steps} steps, {dit_min} min wall; last logged flow loss {dit_loss}.
    {interventions}
@@ -267,6 +267,8 @@ def write_model_card(folder: Path, summary: dict, metrics: dict | None) -> None:
         cross_gain=hp.get("cross_gain", 1.0),
         cross_logit=round(float(hp.get("cross_gain", 1.0)) ** 2, 2),
         target_line=_target_line(metrics),
+        decay=(f", linear decay to 0.1x from step {hp['decay_from']} to {hp['decay_to']}"
+               if hp.get("decay_from") is not None and hp.get("decay_to") is not None else ""),
         size_mb=size_mb,
     )
     (folder / "MODEL_CARD.md").write_text(text)

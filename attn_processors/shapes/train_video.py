@@ -274,6 +274,16 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             pe.lerp_(pm, 1 - decay)
 
 
+def dit_lr_factor(step: int, decay_from: int | None = None, decay_to: int | None = None) -> float:
+    """Learning-rate multiplier: 200-step linear warm-up, constant, then (when ``decay_from`` <
+    ``decay_to`` are given) linear decay to 0.1 between them and 0.1 after. Fixed steps rather than a
+    fraction of ``--dit-steps``, so a resumed run can add the decay without changing the past."""
+    factor = min(1.0, (step + 1) / 200)
+    if decay_from is not None and decay_to is not None and decay_to > decay_from and step > decay_from:
+        factor *= 1.0 - 0.9 * min(1.0, (step - decay_from) / (decay_to - decay_from))
+    return factor
+
+
 def set_cross_attention_gain(transformer, gain: float) -> None:
     """Start every attn2 ``norm_q`` / ``norm_k`` RMSNorm weight at ``gain`` (cross-attention logits
     x gain^2). WanPipeline feeds ~500 identical zero-padding text rows; at unit gains their shared key
@@ -349,7 +359,7 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
         s = flow_sigmas(args.dit_batch, vm.FLOW_SHIFT, gen).to(device)
         sv = s.view(-1, 1, 1, 1, 1)
         xs = (1 - sv) * x0 + sv * eps
-        lr = args.dit_lr * min(1.0, (step + 1) / 200)
+        lr = args.dit_lr * dit_lr_factor(step, args.decay_from, args.decay_to)
         for g in opt.param_groups:
             g["lr"] = lr
         cond, lengths = encode_text_short(text_encoder, tokenizer, captions, device)
@@ -405,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dit-batch", type=int, default=16)
     p.add_argument("--dit-lr", type=float, default=8e-4)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--decay-from", type=int, default=None, help="step where the linear LR decay starts")
+    p.add_argument("--decay-to", type=int, default=None, help="step where the LR reaches 0.1x and stays")
     p.add_argument("--cross-gain", type=float, default=2.0,
                    help="initial attn2 norm_q/norm_k gain (cross-attention logits x gain^2)")
     p.add_argument("--frame-weight", type=float, default=0.2,
