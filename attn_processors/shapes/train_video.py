@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-6)
-    p.add_argument("--vae-object-weight", type=float, default=1.0,
+    p.add_argument("--vae-object-weight", type=float, default=4.0,
                    help="loss weight of shape pixels relative to the flat background")
     p.add_argument("--vae-init", type=Path, default=None, help="warm-start the VAE from this vae.pt")
     p.add_argument("--cache-size", type=int, default=4000)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--decay-from", type=int, default=None, help="step where the linear LR decay starts")
     p.add_argument("--decay-to", type=int, default=None, help="step where the LR reaches 0.1x and stays")
-    p.add_argument("--cross-gain", type=float, default=2.0,
+    p.add_argument("--cross-gain", type=float, default=2.5,
                    help="initial attn2 norm_q/norm_k gain (cross-attention logits x gain^2)")
     p.add_argument("--frame-weight", type=float, default=0.2,
                    help="weight of the same-frame attention hinge (0: off); documented in the model card")
