@@ -9,7 +9,7 @@ timed. The last line printed is one JSON object.
 ``SKIP_MASK_SCORE`` when no block is partial (frame spans here are multiples of the 128-token block,
 so every computed block is full and mask_mod never runs), and Inductor's CPU template patched by
 ``blockmask.tune_cpu_flex_template`` (fp32 q @ k^T on brgemm instead of a 1 x 16 micro-GEMM: dense
-flex goes from ~0.4x to ~0.95x SDPA per computed block). ``--stock-template`` measures the unpatched
+flex goes from ~0.45x to ~0.93x SDPA per computed block). ``--stock-template`` measures the unpatched
 template for comparison. Block size 128: 64 is slower (twice the per-block overhead), 256 within noise.
 
     nice -n 10 .venv/bin/python benchmarks/tile_sparse_bench.py            # full (~10 min on 2 cores)

@@ -19,7 +19,7 @@ Why compiled: eager ``flex_attention`` materialises the full score matrix (slowe
 out of memory at video sizes). ``flex_attend`` only ever calls ``torch.compile(flex_attention,
 dynamic=False)``, compiled once per process; shapes that change recompile (cached by torch). On CPU
 ``tune_cpu_flex_template`` rewrites Inductor's stock template (fp32 q @ k^T on a 1 x 16 micro-GEMM,
-~0.4x SDPA per block) to run q @ k^T on brgemm (~0.95x SDPA per block).
+~0.45x SDPA per block) to run q @ k^T on brgemm (~0.93x SDPA per block).
 
 The same description gives two more exact kernels: ``gather_attend`` (one SDPA, or any attend
 kernel, per distinct kept-key set over the gathered keys; no compiler and no S^2 mask) and the
@@ -208,7 +208,7 @@ def tune_cpu_flex_template() -> bool:
     * the q @ k^T micro-GEMM left for unpacked bf16/fp16 (CPUs without AMX/AVX512-BF16) gets a
       ``CPU_QK_BLOCKING_*`` register blocking (12 x 16 on AVX-512) instead of 1 x 16.
 
-    Measured at S = 6144, 4 heads, head dim 64, 1 thread: fully dense flex 0.43 -> 0.95x SDPA. Applied
+    Measured at S = 6144, 4 heads, head dim 64, 1 thread: fully dense flex ~0.45 -> ~0.93x SDPA. Applied
     only if the template source still has the expected shape (else nothing changes and this returns
     False); ``ATTN_PROCESSORS_STOCK_CPU_FLEX=1`` keeps the stock template. Compiled graphs are salted
     with a no-op post-grad pass whose uuid names the patch, so Inductor's on-disk caches never mix

@@ -426,6 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-every", type=float, default=0.0,
                    help="seconds between exports of the EMA pipeline to <out>/pipeline (0: only at the end)")
     args = p.parse_args(argv)
+    if (args.decay_from is None) != (args.decay_to is None) or (
+            args.decay_from is not None and not 0 <= args.decay_from < args.decay_to):
+        raise ValueError(f"give both --decay-from and --decay-to with 0 <= from < to (got "
+                         f"{args.decay_from}, {args.decay_to}), or neither for a constant learning rate")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
     torch.set_num_threads(args.threads)
