@@ -51,7 +51,7 @@ TextPosition = Literal[
 ]
 GlobalFrames = Literal["first", "uniform"] | Sequence[int]  # "first": 0..k-1; "uniform": evenly spaced
 Method = Literal[
-    "auto",  # choose by dispatch(): dense / flex / masked SDPA / gather
+    "auto",  # choose by dispatch(): dense / masked SDPA / gather
     "flex",  # compiled flex_attention + analytic BlockMask
     "gather",  # exact: one SDPA per distinct kept-key set, keys gathered (no compiler, no S^2 mask)
     "sdpa_masked",  # reference: SDPA with the dense [S, S] bool mask
@@ -59,7 +59,6 @@ Method = Literal[
 ]
 
 MIN_SPARSE_SEQ_LEN = 2048  # below this one masked SDPA call is cheapest (and no flex compile)
-MAX_MASKED_SDPA_SEQ_LEN = 8192  # the dense bool mask is S^2 bytes (64 MiB here); gather beyond
 
 
 @dataclass(frozen=True)
@@ -215,40 +214,31 @@ _flex_failed: set[str] = set()
 
 def dispatch(
     geometry: VideoGeometry, k_global: int, global_frames: GlobalFrames = "first", *,
-    device: torch.device | str = "cpu", block_size: int = blockmask.DEFAULT_BLOCK_SIZE,
-    min_block_sparsity: float = 0.25,
+    device: torch.device | str = "cpu",
 ) -> tuple[str, str]:
-    """(method, reason) for method="auto". Never eager flex: "flex" always means the compiled kernel.
+    """(method, reason) for method="auto": plain SDPA when every tile is kept, one masked SDPA call
+    for short sequences, gathered SDPA otherwise. Never flex: it is measured slower than gather on
+    both kinds of machine we have, so it runs only when asked for (``method="flex"``).
 
-    Short sequences: masked SDPA (one call). CPU: gathered SDPA. Compiled flex with the patched CPU
-    template (``blockmask.tune_cpu_flex_template``) is on par with it when frame spans align to the
-    block size (fp32, S = 6144, 1 thread: 3.4x vs 3.1x over SDPA at 72.9% sparsity, 1.8x vs 1.8x at
-    46.9%), slower when they do not (text tokens, odd tokens per frame: partial blocks run mask_mod),
-    and it compiles per geometry; with the stock template flex is 2-2.5x slower than gather in fp32.
-    Elsewhere (CUDA): compiled flex unless block sparsity < min_block_sparsity.
+    CPU (fp32, S = 6144, 1 thread): flex with the rewritten template ties with gather when frame spans
+    align to the block size (3.4x vs 3.1x over SDPA at 72.9 % sparsity) and loses when they do not
+    (partial blocks run mask_mod); it also compiles per geometry. H200 (bf16, D 128, H 24, torch 2.11,
+    benchmarks/results/tile_sparse_gpu_h200.json): gather beat compiled flex at all nine masks of the
+    brief, e.g. 2.85x vs 2.25x over SDPA at S = 86 400, 72.9 %, and 1.27x vs 0.97x at S = 28 800, 46.9 %.
     """
-    device = torch.device(device)
+    del device  # the choice is the same on CPU and CUDA (measured on both)
     if bool(tile_keep(geometry.frames, k_global, global_frames).all()):
         return "dense", "the mask keeps every tile"
     if geometry.seq_len < MIN_SPARSE_SEQ_LEN:
         return "sdpa_masked", f"S={geometry.seq_len} < {MIN_SPARSE_SEQ_LEN}: one masked SDPA call is cheapest"
-    if device.type == "cpu":
-        return "gather", "CPU: gathered SDPA beats compiled flex (see benchmarks/tile_sparse_bench.py)"
-    fallback = "sdpa_masked" if geometry.seq_len <= MAX_MASKED_SDPA_SEQ_LEN else "gather"
-    if str(device) in _flex_failed or blockmask.compiled_flex() is None:
-        return fallback, "compiled flex attention is unavailable"
-    bm = tile_block_mask(geometry, k_global, global_frames, block_size=block_size)  # structure: any device
-    sparsity = 1.0 - blockmask.block_density(bm)
-    if sparsity < min_block_sparsity:
-        return fallback, f"block sparsity {sparsity:.2f} < min_block_sparsity {min_block_sparsity}"
-    return "flex", f"block sparsity {sparsity:.2f}"
+    return "gather", "gathered SDPA: faster than compiled flex on CPU and on an H200 (see docstring)"
 
 
 def tile_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, frames: int, tokens_per_frame: int, k_global: int,
     global_frames: GlobalFrames = "first", text_tokens: int = 0, text_position: TextPosition = "first",
     scale: float | None = None, method: Method = "auto", block_size: int = blockmask.DEFAULT_BLOCK_SIZE,
-    min_block_sparsity: float = 0.25, attn_mask: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """k:(F-k) tile-sparse attention on q, k, v [B, H, S, D] -> [B, H, S, D]; exact for the mask.
 
@@ -257,13 +247,13 @@ def tile_sparse_attention(
     """
     geometry = VideoGeometry(frames, tokens_per_frame, text_tokens, text_position)
     return attend(q, k, v, geometry, k_global, global_frames, scale=scale, method=method,
-                  block_size=block_size, min_block_sparsity=min_block_sparsity, attn_mask=attn_mask)
+                  block_size=block_size, attn_mask=attn_mask)
 
 
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: VideoGeometry, k_global: int,
     global_frames: GlobalFrames = "first", *, scale: float | None = None, method: Method = "auto",
-    block_size: int = blockmask.DEFAULT_BLOCK_SIZE, min_block_sparsity: float = 0.25,
+    block_size: int = blockmask.DEFAULT_BLOCK_SIZE,
     inner: Callable[..., torch.Tensor] | None = None, attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``tile_sparse_attention`` with a prepared geometry (what the processors call).
@@ -282,10 +272,11 @@ def attend(
         plan = tile_gather_plan(geometry, k_global, global_frames, device=q.device)  # full mask: 1 entry
         return blockmask.gather_attend(q, k, v, plan, scale=scale, mask=attn_mask, attend=inner)
     if method == "auto":
-        method, _ = dispatch(geometry, k_global, global_frames, device=q.device, block_size=block_size,
-                             min_block_sparsity=min_block_sparsity)
+        method, _ = dispatch(geometry, k_global, global_frames, device=q.device)
     if method == "dense":
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if method == "flex" and str(q.device) in _flex_failed:
+        method = "gather"  # flex failed to compile here before: do not pay for the attempt again
     if method == "flex":
         bm = tile_block_mask(geometry, k_global, global_frames, block_size=block_size, device=q.device)
         try:
@@ -342,7 +333,6 @@ class TileSparseConfig:
     dense_steps: float = 0.2  # the first fraction of denoising steps runs dense (warm-up)
     dense_blocks: int = 2  # transformer blocks 0 .. dense_blocks-1 stay dense
     block_size: int = blockmask.DEFAULT_BLOCK_SIZE  # flex BlockMask tile (tokens)
-    min_block_sparsity: float = 0.25  # below this flex does not pay: an exact SDPA path instead
     method: str = "auto"  # "auto" | "flex" | "gather" | "sdpa_masked" (see Method)
     kernel: Any = None  # a SageConfig: its quantized kernel runs on each query group's kept keys
     layers: Select = Select(kinds=("self", "joint"), families=("wan", "cogvideox"))
@@ -363,8 +353,6 @@ class TileSparseConfig:
                              f"got {self.dense_steps} and {self.dense_blocks}")
         if self.block_size < 16 or self.block_size % 16:
             raise ValueError(f"block_size must be a positive multiple of 16, got {self.block_size}")
-        if not 0.0 <= self.min_block_sparsity < 1.0:
-            raise ValueError(f"min_block_sparsity must be in [0, 1), got {self.min_block_sparsity}")
         if self.method not in ("auto", "flex", "gather", "sdpa_masked"):
             raise ValueError(f"method must be 'auto', 'flex', 'gather' or 'sdpa_masked', got {self.method!r}")
         if self.kernel is not None:
@@ -447,7 +435,7 @@ class TileSparseProcessor(ControlledProcessor):
 
         def tile_attend(q, k, v, *, mask=None, scale=None):  # mask: e.g. text key padding, kept exact
             return attend(q, k, v, geometry, k_global, cfg.global_frames, scale=scale, method=cfg.method,
-                          block_size=cfg.block_size, min_block_sparsity=cfg.min_block_sparsity,
+                          block_size=cfg.block_size,
                           inner=self.inner, attn_mask=mask)
 
         return tile_attend

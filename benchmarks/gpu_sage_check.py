@@ -112,6 +112,9 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="tiny shapes (CPU / interpreter path)")
     out_dir = Path(os.environ.get("OUT", "benchmarks/results"))
     p.add_argument("--out", type=Path, default=out_dir / "sage_gpu.json")
+    p.add_argument("--only", default=None,
+                   help="comma-separated steps to run, in this order (default: all); e.g. speed,parity")
+    p.add_argument("--speed-d", default="64,128", help="head dims of the speed table")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
@@ -133,7 +136,15 @@ def main() -> None:
                  "accuracy_vs_fp64": lambda: accuracy_vs_fp64(device, 8192, 128, 8),
                  "extremes": lambda: extremes(device, 16384),
                  "wrapper_overhead": lambda: wrapper_overhead_us(device),
-                 "speed": lambda: speed_table(40, [64, 128], [2048, 4096, 8192, 16384, 32768], 20)}
+                 "speed": lambda: speed_table(40, [int(d) for d in args.speed_d.split(",")],
+                                              [2048, 4096, 8192, 16384, 32768], 20)}
+    if args.only:
+        names = [n.strip() for n in args.only.split(",")]
+        unknown = sorted(set(names) - set(steps))
+        if unknown:
+            raise SystemExit(f"unknown --only steps {unknown}; choose from {sorted(steps)}")
+        steps = {n: steps[n] for n in names}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, fn in steps.items():
         start = time.perf_counter()
         try:
@@ -142,13 +153,13 @@ def main() -> None:
             res[name] = {"error": repr(exc), "traceback": traceback.format_exc()[-3000:]}
         res[f"{name}_s"] = round(time.perf_counter() - start, 2)
         print(f"{name}: {res[f'{name}_s']} s", flush=True)
+        args.out.write_text(json.dumps(res, indent=1))  # a run cut short still leaves what it measured
     par = res.get("parity")
     res["gates"] = {"parity_rel_l1_le_0.01": isinstance(par, list) and all(r["pass"] for r in par)}
     if isinstance(res.get("speed"), list):
         long = [r for r in res["speed"] if r["d"] == 128 and r["n"] >= 16384]
         fast = bool(long) and all(r["ours_speedup"] >= 1.3 for r in long)
         res["gates"]["speedup_ge_1.3_at_16k_d128"] = fast
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res))
 

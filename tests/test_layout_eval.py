@@ -37,3 +37,31 @@ def test_default_cases_are_valid_layouts(tmp_path):
     bad.write_text(json.dumps([{"prompt": "a red circle", "boxes": [[0, 0, 1, 1]]}]))
     with pytest.raises(ValueError, match="phrases"):
         load_cases(bad)
+
+
+def test_seed_offset_runs_other_seeds_and_is_recorded(monkeypatch, capsys):
+    """Parameters are tuned on --seed-offset seeds, never on the reported 0..N-1."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import benchmarks.layout_eval as le
+
+    seen: list[tuple[str, int]] = []
+
+    class FakePipe:
+        def set_progress_bar_config(self, **kw):
+            pass
+
+        def __call__(self, prompt, generator=None, num_inference_steps=20, **kw):
+            if num_inference_steps > 2:  # not the warm-up call
+                seen.append((kw["mode"], generator.initial_seed()))
+            return SimpleNamespace(images=[Image.new("RGB", (64, 64), (220, 220, 220))])
+
+    fake = classmethod(lambda cls, *a, **k: FakePipe())
+    monkeypatch.setattr(le.LayoutToImagePipeline, "from_pretrained", fake)
+    assert le.main(["--seeds", "2", "--seed-offset", "100", "--methods", "unguided,full"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["seeds"] == 2 and result["seed_offset"] == 100
+    assert {s for _, s in seen} == {100, 101} and {m for m, _ in seen} == {"none", "full"}
+    assert result["methods"]["full"]["hit_rate"] == 0.0  # a blank image hits nothing

@@ -180,6 +180,30 @@ def test_guidance_reduces_the_loss_and_is_reproducible(pipes):
     assert torch.allclose(a.images, d.images, atol=1e-6) and a.losses == d.losses
 
 
+def test_guidance_leaves_parameter_flags_as_it_found_them(pipes):
+    """Guidance freezes the UNet's parameters (only the latent needs a gradient) and restores each
+    flag afterwards, also when the call fails part-way."""
+    _, ours = pipes
+    unet = ours.unet
+    unet.conv_in.weight.requires_grad_(False)  # a user's own choice must survive too
+    kw = dict(boxes=BOXES, phrases=PHRASES, num_inference_steps=2, output_type="latent",
+              layout_params=dict(guided_steps=1, iterations=1, scale_factor=50.0))
+    before = {n: q.requires_grad for n, q in unet.named_parameters()}
+    try:
+        ours(PROMPT, generator=torch.Generator().manual_seed(0), **kw)
+        assert {n: q.requires_grad for n, q in unet.named_parameters()} == before
+
+        def fail(*args):
+            assert not any(q.requires_grad for q in unet.parameters())  # frozen during the run
+            raise RuntimeError("stop")
+
+        with pytest.raises(RuntimeError, match="stop"):
+            ours(PROMPT, generator=torch.Generator().manual_seed(0), callback_on_step_end=fail, **kw)
+        assert {n: q.requires_grad for n, q in unet.named_parameters()} == before
+    finally:
+        unet.conv_in.weight.requires_grad_(True)
+
+
 def test_attention_maps_and_panel(pipes):
     _, ours = pipes
     out = ours(PROMPT, boxes=BOXES, phrases=PHRASES, mode="redistribution", num_inference_steps=2,

@@ -22,6 +22,23 @@ def qkv(n=256, d=64, h=2, dtype=torch.float32, seed=0):
     return real_like(1, h, n, d, seed=seed, dtype=dtype)
 
 
+def test_cuda_auto_without_upstream_runs_sdpa_not_our_slower_kernel(monkeypatch):
+    """Decided without a GPU: a tensor stand-in on device "cuda" and a patched architecture probe."""
+
+    class OnCuda:
+        def __init__(self, shape):
+            self.shape, self.device = torch.Size(shape), torch.device("cuda")
+
+    monkeypatch.setattr(sage_dispatch, "detect_arch", lambda device: "sm90")
+    monkeypatch.setattr(sage_dispatch, "upstream_version", lambda: None)
+    q = OnCuda((1, 8, 4096, 128))
+    kernel, reason = choose_kernel(q, q)
+    assert kernel == "sdpa" and reason.startswith("no_upstream") and "backend='triton'" in reason
+    assert FALLBACKS["no_upstream"] == 1
+    monkeypatch.setattr(sage_dispatch, "upstream_version", lambda: (2, 2, 0))
+    assert choose_kernel(q, q)[0] == "upstream"
+
+
 def test_cpu_auto_falls_back_to_exact_sdpa():
     q, k, v = qkv(n=2048)
     assert choose_kernel(q, k)[0] == "sdpa"

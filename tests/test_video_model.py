@@ -252,3 +252,48 @@ def test_dit_learning_rate_schedule():
     for bad in (["--decay-from", "10"], ["--decay-from", "10", "--decay-to", "5"]):
         with pytest.raises(ValueError, match="--decay-from and --decay-to"):
             tv.main(["--out", "/nonexistent/never-created", *bad])
+
+
+def test_fine_tune_from_the_shipped_pipeline_within_a_time_limit(tmp_path):
+    """--init-pipeline starts from the asset (trained gains kept, its VAE statistics reused), the
+    cache renders in worker processes, and --time-limit stops long before --dit-steps."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    from pipelines.video import DEFAULT_MODEL_DIR as asset
+
+    run = tmp_path / "run"
+    common = ["--out", str(run), "--init-pipeline", str(asset), "--cache-size", "70", "--workers", "2"]
+    tv.main([*common, "--stage", "cache"])  # then resumed by the training call, as on the GPU machine
+    tv.main([*common, "--dit-batch", "2", "--dit-steps", "100000", "--time-limit", "3",
+             "--decay-tail", "0.5"])
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("init") == str(asset) for r in records)
+    step = torch.load(run / "dit.pt", weights_only=False)["step"]
+    assert 0 < step < 100000
+    tuned = WanPipeline.from_pretrained(run / "pipeline")
+    shipped = WanTransformer3DModel.from_pretrained(asset / "transformer")
+    assert tuned.vae.config.latents_mean == WanPipeline.from_pretrained(asset).vae.config.latents_mean
+    # a few warm-up steps move the weights only slightly: the start was the asset, not a fresh model
+    gain = shipped.blocks[0].attn2.norm_q.weight
+    assert not torch.allclose(gain, torch.full_like(gain, 2.5))
+    assert torch.allclose(tuned.transformer.blocks[0].attn2.norm_q.weight, gain, atol=1e-3)
+    cache = torch.load(run / "cache.pt", weights_only=False)
+    assert sum(m.shape[0] for m in cache["mean"]) == 70 and len(set(cache["captions"])) > 10
+    saved_tok = json.loads((run / "pipeline" / "tokenizer" / "tokenizer.json").read_text())
+    assert saved_tok["padding"] is None and saved_tok["truncation"] is None  # no training-call state
+    # the card of the exported folder describes the fine-tune as a step of its own
+    from attn_processors.shapes.export_video import main as export_main
+
+    card_args = ["--card-only", "--run", str(run), "--out", str(run / "pipeline")]
+    export_main([*card_args, "--finetune-run", str(run)])
+    card = (run / "pipeline" / "MODEL_CARD.md").read_text()
+    assert "5. GPU fine-tune of the weights above" in card and "batch 2" in card
+    meta = json.loads((run / "pipeline" / "training_meta.json").read_text())
+    assert meta["finetune"]["steps"] == step and meta["finetune"]["init"] == str(asset)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "log.jsonl").write_text(json.dumps({"stage": "dit", "step": 1, "loss": 0.3, "time": 0}) + "\n")
+    with pytest.raises(ValueError, match="not a fine-tune run"):
+        export_main([*card_args, "--finetune-run", str(plain)])
+    with pytest.raises(ValueError, match="has no vae/config.json"):
+        tv.main(["--out", str(tmp_path / "bad"), "--init-pipeline", str(tmp_path)])

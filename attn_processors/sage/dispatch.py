@@ -25,7 +25,7 @@ from .spec import DEFAULT_ARCH, MODES, SAGE1_TILES, SageSpec, spec_for
 logger = logging.getLogger(__name__)
 
 Backend = Literal[
-    "auto",  # upstream sageattention>=2.1.1 on CUDA, else our Triton kernel, else SDPA (CPU: SDPA)
+    "auto",  # upstream sageattention>=2.1.1 on CUDA, else SDPA (our Triton kernel only when asked for)
     "simulate",  # the pure-PyTorch reference (any device; the oracle, slow)
     "triton",  # our Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)
     "upstream",  # the sageattention package's sageattn()
@@ -153,9 +153,11 @@ def choose_kernel(
     ver = upstream_version()
     if ver is not None and ver >= UPSTREAM_MIN_VERSION:
         return "upstream", f"sageattention {'.'.join(map(str, ver))} on {arch}"
-    if triton_available():
-        return "triton", f"our Triton kernel on {arch}"
-    return _fallback("no_kernel", "neither sageattention>=2.1.1 nor triton is installed")
+    # Our Triton kernel follows the recipe (parity with the simulator: relL1 <= 5e-4 on an H200) but ran
+    # at 0.56x / 0.62x of cuDNN SDPA there at N = 16K / 32K, D = 128 (benchmarks/results/sage_gpu_h200.json):
+    # auto must not make a model slower, so it runs SDPA; backend="triton" still selects the kernel.
+    return _fallback("no_upstream", "sageattention>=2.1.1 is not installed; our Triton kernel "
+                     "(backend='triton') measured 0.56-0.62x of cuDNN SDPA on an H200, so auto runs SDPA")
 
 
 def sdpa_attention(

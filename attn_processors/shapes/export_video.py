@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import textwrap
 from pathlib import Path
 
 import torch
@@ -30,6 +31,12 @@ def export_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, met
     from attn_processors.shapes import video_model as vm
 
     folder = Path(folder)
+    # a fast tokenizer that has encoded batches keeps that call's padding/truncation in its backend,
+    # and save_pretrained would write it into tokenizer.json: export a clean copy
+    tokenizer = copy.deepcopy(tokenizer)
+    if hasattr(tokenizer, "backend_tokenizer"):
+        tokenizer.backend_tokenizer.no_padding()
+        tokenizer.backend_tokenizer.no_truncation()
     # copies on the CPU, so exporting mid-training leaves the live (possibly CUDA) models in place
     pipe = WanPipeline(
         tokenizer=tokenizer,
@@ -64,11 +71,13 @@ def load_run(run: Path, device: str = "cpu"):
     return vae.eval(), text_encoder.eval(), tokenizer, transformer.eval(), ck["step"]
 
 
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
 def training_summary(run: Path) -> dict:
     """Steps, wall-clock spans and last logged numbers per stage, from the run's log.jsonl."""
-    records = [
-        json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines() if line.strip()
-    ]
+    records = _records(run)
     out: dict = {}
     for stage in ("vae", "cache", "dit"):
         rs = [r for r in records if r.get("stage") == stage]
@@ -99,6 +108,53 @@ def training_summary(run: Path) -> dict:
         if stage in out and ck.exists():
             out[stage]["steps"] = torch.load(ck, map_location="cpu", weights_only=False)["step"]
     return out
+
+
+def finetune_summary(run: Path) -> dict:
+    """What a ``train_video --init-pipeline`` run did, from its log.jsonl and args.json: the folder and
+    steps it started from, the device, steps, batch, clips, learning rate, budget, wall time, losses."""
+    records = _records(run)
+    init = next((r for r in records if r.get("stage") == "dit" and "init" in r), None)
+    if init is None:
+        raise ValueError(f"{run} is not a fine-tune run: its log.jsonl has no --init-pipeline record")
+    steps = [r for r in records if r.get("stage") == "dit" and "step" in r]
+    losses = [r for r in steps if "loss" in r]
+    if not losses:
+        raise ValueError(f"{run} logged no transformer steps")
+    hp = json.loads((Path(run) / "args.json").read_text())
+    return {
+        "init": init["init"], "init_steps": init.get("init_steps"), "device": init.get("device"),
+        "steps": max(r["step"] for r in steps), "batch": hp["dit_batch"], "lr": hp["dit_lr"],
+        "time_limit_s": hp.get("time_limit"), "decay_tail": hp.get("decay_tail"), "ema": hp["ema"],
+        "clips": max((r["clips"] for r in records if "clips" in r), default=None),
+        "wall_minutes": round((steps[-1]["time"] - init["time"]) / 60, 1),
+        "steps_per_s": losses[-1].get("steps_per_s"),
+        "first_loss": losses[0]["loss"], "last_loss": losses[-1]["loss"],
+    }
+
+
+def _finetune_section(ft: dict | None) -> str:
+    if not ft:
+        return ""
+    budget = (f"a {ft['time_limit_s']:.0f} s budget, the learning rate decayed linearly to 0.1x over "
+              f"its last {100 * ft['decay_tail']:.0f} %" if ft.get("time_limit_s") else "no time limit")
+    return textwrap.fill(
+        f"5. GPU fine-tune of the weights above (the EMA after {ft['init_steps']} steps), on one "
+        f"{ft['device']}: a fresh cache of {ft['clips']} clips encoded by the same VAE (its latent "
+        f"statistics kept), then {ft['steps']} steps at batch {ft['batch']} ({ft['steps_per_s']} steps/s), "
+        f"AdamW {ft['lr']} with the 200-step warm-up and {budget}; the EMA ({ft['ema']}) restarted from "
+        f"the starting weights. Flow loss {ft['first_loss']} -> {ft['last_loss']}; {ft['wall_minutes']} min "
+        "wall. Same objective, regulariser and padding treatment as step 3 "
+        "(`train_video --init-pipeline ... --device cuda --time-limit ...`; `benchmarks/gpu_session.sh`).",
+        width=100, subsequent_indent="   ", break_on_hyphens=False) + "\n"
+
+
+def _motion_line(metrics: dict | None) -> str:
+    if metrics and metrics.get("motion_accuracy", 0) >= 0.7:
+        return ""
+    return ("\n  Motion is the transformer's weakest skill: generated objects drift 1-2 px per frame, "
+            "often along\n  the wrong axis, where training clips move 2-3.2 px per frame along the "
+            "prompted one.")
 
 
 CARD_TEMPLATE = """# moving-shapes-wan: a small trained text-to-video model in Wan architecture
@@ -153,9 +209,9 @@ Stock diffusers / transformers classes; configs in `attn_processors/shapes/video
    off-diagonal ones); this tiny, briefly trained model is shaped to have it so that tile-sparse
    attention has real structure to keep or drop. It is a property of this stand-in, not evidence
    about large models.
-
-Compute: one or two CPU threads (torch 2.13 CPU) on a 2-core machine shared with other jobs, so wall
-minutes overstate the work.
+{finetune}
+Compute: steps 1-4 on one or two CPU threads (torch 2.13 CPU) on a 2-core machine shared with other
+jobs, so wall minutes overstate the work{finetune_compute}.
 
 ## Metrics
 `benchmarks/video_eval.py`, detection-scored per frame, fixed seeds.
@@ -165,9 +221,8 @@ minutes overstate the work.
 ## Limitations
 - {target_line}
 - The VAE is not the limit: its reconstructions of 48 held-out one-object clips score colour 1.00,
-  shape 0.92 and motion 1.00 with the same detector (the previous, unweighted VAE: 0.81 / 0.69 / 0.81).
-  Motion is the transformer's weakest skill: generated objects drift 1-2 px per frame, often along
-  the wrong axis, where training clips move 2-3.2 px per frame along the prompted one.
+  shape 0.92 and motion 1.00 with the same detector (the previous, unweighted VAE: 0.81 / 0.69 /
+  0.81).{motion_line}
 - Closed vocabulary (`attn_processors/shapes/vocab.py`); other words tokenize into characters the
   encoder never learned (`attn_processors.shapes.video_tokenizer.check_prompt` names them;
   `pipelines.video.generate_video` raises on them).
@@ -216,11 +271,11 @@ def _target_line(metrics: dict | None) -> str:
     colour, motion = metrics["colour_accuracy"], metrics["motion_accuracy"]
     met = colour >= 0.8 and motion >= 0.7
     return (f"One-object colour {colour} / motion direction {motion} against the bar of 0.8 / 0.7: "
-            + ("met." if met else "not met by this CPU-trained checkpoint; the training script is "
+            + ("met." if met else "not met by this checkpoint; the training script is "
                "resumable and `--device cuda` trains the same recipe on a GPU."))
 
 
-def write_model_card(folder: Path, summary: dict, metrics: dict | None) -> None:
+def write_model_card(folder: Path, summary: dict, metrics: dict | None, finetune: dict | None = None) -> None:
     """MODEL_CARD.md: data, architecture, compute, metrics (from benchmarks/video_eval.py), limits."""
     from attn_processors.shapes import video_model as vm
 
@@ -274,6 +329,9 @@ def write_model_card(folder: Path, summary: dict, metrics: dict | None) -> None:
         decay=(f", linear decay to 0.1x from step {hp['decay_from']} to {hp['decay_to']}"
                if hp.get("decay_from") is not None and hp.get("decay_to") is not None else ""),
         size_mb=size_mb,
+        finetune=_finetune_section(finetune),
+        finetune_compute=(f"; step 5 on one {finetune['device']} (torch CUDA build)" if finetune else ""),
+        motion_line=_motion_line(metrics),
     )
     (folder / "MODEL_CARD.md").write_text(text)
 
@@ -288,7 +346,29 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a file whose last line is benchmarks/video_eval.py's JSON, for the model card",
     )
+    p.add_argument("--finetune-run", type=Path, default=None,
+                   help="a train_video --init-pipeline run that continued --run; described as step 5")
+    p.add_argument("--card-only", action="store_true",
+                   help="rewrite MODEL_CARD.md and training_meta.json of the existing --out folder "
+                        "(e.g. a pipeline exported by a fine-tune run), leaving its weights alone")
     args = p.parse_args(argv)
+    metrics = None
+    if args.metrics is not None:
+        metrics = json.loads(args.metrics.read_text().strip().splitlines()[-1])
+    finetune = finetune_summary(args.finetune_run) if args.finetune_run is not None else None
+    if args.card_only:
+        if not (args.out / "model_index.json").exists():
+            raise ValueError(f"--card-only needs an exported pipeline in --out; {args.out} has no "
+                             "model_index.json")
+        summary = training_summary(args.run)
+        steps = summary.get("dit", {}).get("steps")
+        meta = {"dit_steps": steps + finetune["steps"] if finetune and steps else steps, **summary}
+        if finetune:
+            meta["finetune"] = finetune
+        (args.out / "training_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_model_card(args.out, summary, metrics, finetune)
+        print(json.dumps({"out": str(args.out), "card": "rewritten", "dit_steps": meta["dit_steps"]}))
+        return
     if not (args.run / "dit.pt").exists():
         raise ValueError(
             f"{args.run} has no dit.pt checkpoint; train first with attn_processors.shapes.train_video"
@@ -296,10 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     vae, text_encoder, tokenizer, transformer, step = load_run(args.run)
     summary = training_summary(args.run)
     export_pipeline(args.out, vae, text_encoder, tokenizer, transformer, meta={"dit_steps": step, **summary})
-    metrics = None
-    if args.metrics is not None:
-        metrics = json.loads(args.metrics.read_text().strip().splitlines()[-1])
-    write_model_card(args.out, summary, metrics)
+    write_model_card(args.out, summary, metrics, finetune)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(json.dumps({"out": str(args.out), "dit_steps": step, "megabytes": round(size / 2**20, 2)}))
 

@@ -8,6 +8,17 @@ optimiser, step and RNG states, saved every ``--save-every`` seconds). ``--steps
 step target, so re-running with a larger number continues training. Losses go to ``train.log``
 (one JSON object per line). Export a pipeline with ``python -m attn_processors.shapes.export_image``.
 
+Fine-tuning a shipped pipeline for a fixed wall-clock budget (e.g. on a lent GPU):
+
+    python -m attn_processors.shapes.train_image --out runs/ft --init-pipeline assets/shapes-sd \
+        --device cuda --time-limit 300 --decay-tail 0.3
+
+``--init-pipeline`` starts the UNet, text encoder and EMA from the folder's weights (a fresh
+optimiser; the EMA keeps its full decay from the first step) and takes the VAE from its ``vae/``
+(copied to ``--out``/vae, so the VAE phases are skipped); ``--time-limit`` stops the UNet phase that
+many seconds after it starts (``--steps`` then only caps it when given) and decays the learning rate
+linearly to 0.1x over the last ``--decay-tail`` of the budget. A resumed run gets a fresh budget.
+
 Recipe (project brief): VAE with L1 + MSE + 1e-7 KL on random 32x32 crops for 75 % of its steps;
 UNet epsilon loss with min-SNR-5 weighting (Hang et al. 2023), 10 % empty captions for CFG,
 AdamW 8e-4 with warm-up, grad clip 1, EMA 0.999; plus a token-grounding loss on every attn2 map
@@ -28,6 +39,7 @@ import torch.nn.functional as F
 
 from .attention_check import grounding_loss, install_probes
 from .data import MAX_OBJECTS, scene_batch
+from .deadline import Deadline
 from .models import build_text_encoder, build_unet, build_vae, train_scheduler
 from .tokenizer import build_tokenizer
 
@@ -165,22 +177,28 @@ def train_decoder(args: argparse.Namespace, out: Path, device: torch.device) -> 
 
 # --------------------------------------------------------------------------------------- cache
 @torch.no_grad()
-def cache_latents(args: argparse.Namespace, out: Path) -> dict[str, torch.Tensor]:
-    """Posterior mean/std (fp16) of ``--scenes`` scenes, their token ids, masks at 16x16."""
+def cache_latents(
+    args: argparse.Namespace, out: Path, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Posterior mean/std (fp16) of ``--scenes`` scenes, their token ids, masks at 16x16.
+
+    The VAE encodes on ``device``; the cache itself is kept (and saved) on the CPU.
+    """
     path = out / "latents.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    device = device or torch.device("cpu")
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval().to(device)
     tok = build_tokenizer()
     means, stds, ids, masks, valid = [], [], [], [], []
     chunk = 256
     for start in range(0, args.scenes, chunk):
         b = scene_batch(args.seed, start, min(chunk, args.scenes - start))
-        dist = vae.encode(b["pixels"]).latent_dist
-        means.append(dist.mean.half())
-        stds.append(dist.std.half())
+        dist = vae.encode(b["pixels"].to(device)).latent_dist
+        means.append(dist.mean.half().cpu())
+        stds.append(dist.std.half().cpu())
         ids.append(tok(b["captions"], padding="max_length", max_length=tok.model_max_length,
                        truncation=True, return_tensors="pt").input_ids.short())
         masks.append(b["masks"].half())
@@ -196,7 +214,71 @@ def cache_latents(args: argparse.Namespace, out: Path) -> dict[str, torch.Tensor
     return data
 
 
+# ------------------------------------------------------------------------------- init pipeline
+def check_init_pipeline(folder: Path) -> int | None:
+    """Refuse a folder without the parts a fine-tune needs; the step it was trained for, if recorded."""
+    parts = ("unet", "text_encoder", "vae")
+    missing = [f"{sub}/" for sub in parts if not (folder / sub / "config.json").exists()]
+    if missing:
+        raise ValueError(
+            f"--init-pipeline {folder} lacks {', '.join(missing)}: give a pipeline folder written by "
+            "attn_processors.shapes.export_image (e.g. assets/shapes-sd)"
+        )
+    record = folder / "training.json"
+    step = json.loads(record.read_text()).get("step") if record.exists() else None
+    return step if isinstance(step, int) else None
+
+
+def copy_init_vae(folder: Path, out: Path) -> None:
+    """``folder/vae`` -> ``out/vae`` (fp32), unless ``out/vae`` exists; the cache and export read it."""
+    if (out / "vae" / "config.json").exists():
+        return
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    tmp = out / "vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    AutoencoderKL.from_pretrained(folder / "vae").float().save_pretrained(tmp)
+    shutil.rmtree(out / "vae", ignore_errors=True)  # a half-written folder of an interrupted copy
+    os.replace(tmp, out / "vae")
+
+
+def load_init_weights(folder: Path, unet: torch.nn.Module, te: torch.nn.Module) -> None:
+    """Strictly load ``folder``'s unet/ and text_encoder/ weights into freshly built models."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+    te.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+
+
 # ---------------------------------------------------------------------------------------- UNet
+def new_generator(device: torch.device, seed: int) -> torch.Generator:
+    """CPU generator on CPU runs (the streams of existing runs); one on the GPU for CUDA runs."""
+    if device.type == "cuda":
+        return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def generator_state(gen: torch.Generator) -> torch.Generator | torch.Tensor:
+    """What the checkpoint stores: the CPU generator itself (as always), a CUDA one's state tensor."""
+    return gen.get_state() if gen.device.type == "cuda" else gen
+
+
+def restore_generator(saved: object, device: torch.device, seed: int) -> tuple[torch.Generator, bool]:
+    """The checkpoint's generator on ``device``; ``(fresh generator, False)`` when it was saved on
+    another kind of device (the stream cannot carry over between CPU and CUDA)."""
+    if device.type == "cuda":
+        if isinstance(saved, torch.Tensor):
+            gen = torch.Generator(device=device)
+            gen.set_state(saved.cpu())
+            return gen, True
+    elif isinstance(saved, torch.Generator) and saved.device.type == "cpu":
+        return saved, True
+    return new_generator(device, seed), False
+
+
 def min_snr_weights(scheduler: torch.nn.Module, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
     """Min-SNR-gamma weights for epsilon prediction: min(SNR, gamma) / SNR."""
     ac = scheduler.alphas_cumprod.to(t.device)[t]
@@ -207,15 +289,20 @@ def min_snr_weights(scheduler: torch.nn.Module, t: torch.Tensor, gamma: float = 
 def train_unet(
     args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
 ) -> None:
+    deadline = Deadline(args.time_limit, args.decay_tail)  # the budget counts from here
     torch.manual_seed(args.seed)
     tok = build_tokenizer()
-    unet, te = build_unet().to(device), build_text_encoder(tok).to(device)
+    unet, te = build_unet(), build_text_encoder(tok)
+    ckpt, step = out / "unet_ckpt.pt", 0
+    if args.init_pipeline is not None and not ckpt.exists():
+        load_init_weights(Path(args.init_pipeline), unet, te)
+        log(out, {"phase": "unet", "init_pipeline": str(args.init_pipeline), "init_step": args.init_step})
+    unet, te = unet.to(device), te.to(device)
     params = list(unet.parameters()) + list(te.parameters())
-    ema = [p.detach().clone() for p in params]
+    ema = [p.detach().clone() for p in params]  # with --init-pipeline: the shipped (EMA) weights
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     sched = train_scheduler()
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    ckpt, step = out / "unet_ckpt.pt", 0
+    gen = new_generator(device, args.seed + 1)
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"])
@@ -223,31 +310,50 @@ def train_unet(
         for e, s in zip(ema, state["ema"], strict=True):
             e.copy_(s)
         opt.load_state_dict(state["opt"])
-        step, gen = state["step"], state["gen"]
-        log(out, {"phase": "unet", "resumed_at": step})
+        step = state["step"]
+        gen, same_stream = restore_generator(state["gen"], device, args.seed + 1 + step)
+        # the initialisation belongs to the run, not to this invocation's command line
+        saved = state.get("args", {})
+        args.init_pipeline, args.init_step = saved.get("init_pipeline"), saved.get("init_step")
+        log(out, {"phase": "unet", "resumed_at": step, **({} if same_stream else {"new_rng_stream": True})})
 
     probs: list[torch.Tensor] = []
     install_probes(unet, lambda name, p: probs.append(p))
+    if device.type == "cuda":  # the whole cache lives on the GPU; batches are gathered there
+        data = {k: v.to(device) for k, v in data.items()}
+    rng_device = device if device.type == "cuda" else torch.device("cpu")
     n = data["mean"].shape[0]
     sf = float(data["scaling_factor"])
-    last_save, t0, acc = time.time(), time.time(), {"loss": 0.0, "eps": 0.0, "ground": 0.0}
+    empty_ids = data["empty_ids"].long()
+    # A fine-tune starts from averaged weights: no EMA warm-up, which would discard them at once.
+    ema_warmup = args.init_pipeline is None
+
+    def zeros() -> dict[str, torch.Tensor]:  # fp64 sums on the device: no sync per step
+        return {k: torch.zeros((), dtype=torch.float64, device=device) for k in ("loss", "eps", "ground")}
+
+    last_save, t0, acc = time.time(), time.time(), zeros()
+    loop_start, first_step, logged_step = time.time(), step, step
 
     def save() -> None:
         atomic_save({"unet": unet.state_dict(), "text_encoder": te.state_dict(), "ema": ema,
-                     "opt": opt.state_dict(), "step": step, "gen": gen,
+                     "opt": opt.state_dict(), "step": step, "gen": generator_state(gen),
                      "args": vars(args), "scaling_factor": sf}, ckpt)
 
-    while step < args.steps:
-        idx = torch.randint(0, n, (args.batch,), generator=gen)
+    def more() -> bool:
+        return (args.steps is None or step < args.steps) and not deadline.passed()
+
+    while more():
+        idx = torch.randint(0, n, (args.batch,), generator=gen, device=rng_device)
         mean, std = data["mean"][idx].float(), data["std"][idx].float()
-        latents = (mean + std * torch.randn(mean.shape, generator=gen)) * sf
+        latents = (mean + std * torch.randn(mean.shape, generator=gen, device=rng_device)) * sf
         ids = data["ids"][idx].long()
-        masks, valid = data["masks"][idx].float(), data["valid"][idx].clone()
-        drop = torch.rand(args.batch, generator=gen) < args.empty_prob  # CFG: empty captions
-        ids[drop] = data["empty_ids"].long()
-        valid[drop] = False
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
+        masks, valid = data["masks"][idx].float(), data["valid"][idx]
+        drop = torch.rand(args.batch, generator=gen, device=rng_device) < args.empty_prob  # CFG
+        ids = torch.where(drop[:, None], empty_ids, ids)  # empty captions (no boolean-mask sync)
+        valid = valid & ~drop[:, None]
+        noise = torch.randn(latents.shape, generator=gen, device=rng_device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen,
+                          device=rng_device)
         noisy = sched.add_noise(latents, noise, t)
         noisy, noise, t, ids = noisy.to(device), noise.to(device), t.to(device), ids.to(device)
 
@@ -259,39 +365,46 @@ def train_unet(
         ground = grounding_loss(probs, masks.to(device), valid.to(device))
         loss = eps + args.grounding_weight * ground
 
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * deadline.lr_factor()
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
+        decay = min(args.ema, (1 + step) / (10 + step)) if ema_warmup else args.ema
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         step += 1
-        acc["loss"] += loss.item()
-        acc["eps"] += eps.item()
-        acc["ground"] += ground.item()
+        acc["loss"] += loss.detach().double()
+        acc["eps"] += eps.detach().double()
+        acc["ground"] += ground.detach().double()
         if step % args.log_every == 0:
-            means = {k: round(v / args.log_every, 5) for k, v in acc.items()}
+            means = {k: round(v.item() / args.log_every, 5) for k, v in acc.items()}  # syncs
+            dt = time.time() - t0
             log(out, {"phase": "unet", "step": step, **means,
-                      "lr": lr, "s_per_step": round((time.time() - t0) / args.log_every, 3),
+                      "lr": lr, "s_per_step": round(dt / args.log_every, 3),
+                      "steps_per_s": round((step - logged_step) / max(dt, 1e-9), 2),
                       "time": time.strftime("%H:%M:%S")})
-            acc = dict.fromkeys(acc, 0.0)
-            t0 = time.time()
+            acc, t0, logged_step = zeros(), time.time(), step
         if time.time() - last_save > args.save_every:
             save()
             last_save = time.time()
     save()
-    log(out, {"phase": "unet", "done": True, "steps": step})
+    seconds = time.time() - loop_start
+    log(out, {"phase": "unet", "done": True, "steps": step,
+              "stopped": "time_limit" if deadline.passed() else "steps", "seconds": round(seconds, 1),
+              "steps_per_s": round((step - first_step) / max(seconds, 1e-9), 2),
+              "phase_seconds": round(deadline.elapsed(), 1)})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/shapes"))
     p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--steps", type=int, default=8000, help="UNet + text-encoder steps (target, resumable)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="UNet + text-encoder steps (target, resumable); default 8000, "
+                        "or no cap with --time-limit")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -308,11 +421,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
     p.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--init-pipeline", type=Path, default=None, metavar="DIR",
+                   help="fine-tune: start UNet, text encoder and EMA from DIR's weights, VAE from DIR/vae")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SEC",
+                   help="stop the UNet phase SEC seconds after it starts (save, then log done)")
+    p.add_argument("--decay-tail", type=float, default=0.3, metavar="FRAC",
+                   help="with --time-limit: LR decays linearly to 0.1x over this last fraction of the budget")
     p.add_argument("--phase", choices=["all", "vae", "decoder", "cache", "unet"], default="all",
                    help="all = vae, cache, unet; 'decoder' may run in a second process beside 'unet'")
     args = p.parse_args(argv)
-    if args.steps < 0 or args.batch < 1 or args.scenes < args.batch:
+    if args.steps is None and args.time_limit is None:
+        args.steps = 8000
+    if (args.steps is not None and args.steps < 0) or args.batch < 1 or args.scenes < args.batch:
         p.error("need --steps >= 0, --batch >= 1 and --scenes >= --batch")
+    try:
+        Deadline(args.time_limit, args.decay_tail)
+    except ValueError as e:
+        p.error(str(e))
+    args.init_step = None  # the init pipeline's training step, filled in by main()
     return args
 
 
@@ -322,15 +448,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
     device = torch.device(args.device)
+    if device.type == "cuda":
+        if device.index is None:  # "cuda" -> "cuda:N": one device for the generator and the tensors
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.backends.cuda.matmul.allow_tf32 = True  # torch >= 2.9 may warn once (legacy API); harmless
+        torch.backends.cudnn.allow_tf32 = True
     out = args.out
+    if args.init_pipeline is not None:
+        args.init_step = check_init_pipeline(args.init_pipeline)
     out.mkdir(parents=True, exist_ok=True)
     assert MAX_OBJECTS == 3
-    if args.phase in ("all", "vae"):
+    if args.init_pipeline is not None:  # the init's latent space: no VAE training
+        copy_init_vae(args.init_pipeline, out)
+    elif args.phase in ("all", "vae"):
         train_vae(args, out, device)
     if args.phase == "decoder":
         train_decoder(args, out, device)
     if args.phase in ("all", "cache", "unet"):
-        data = cache_latents(args, out)
+        data = cache_latents(args, out, device)
         if args.phase in ("all", "unet"):
             train_unet(args, out, device, data)
 

@@ -14,6 +14,11 @@ stage is skipped. Recipe (the video analogue of the image model's; see the READM
    x_s = (1 - s) x0 + s eps, target v = eps - x0, s from the shifted uniform schedule the
    FlowMatchEulerDiscreteScheduler samples with; 10 % empty captions (classifier-free guidance);
    AdamW, warm-up, grad clip 1, EMA (the EMA is shipped).
+
+Fine-tuning on a lent GPU: ``--init-pipeline assets/moving-shapes-wan`` takes the VAE (and its latent
+statistics), transformer and text encoder from an exported pipeline and trains stage 3 only;
+``--time-limit`` stops at a wall-clock deadline with the learning rate decayed over its last
+``--decay-tail``; ``--workers`` renders the cache in parallel processes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from attn_processors.shapes import video_model as vm
+from attn_processors.shapes.deadline import Deadline
 from attn_processors.shapes.video_attention import install_probes
 from attn_processors.shapes.video_data import frames_to_tensor, sample_video
 from attn_processors.shapes.video_tokenizer import build_video_tokenizer
@@ -115,6 +122,8 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
     if path.exists():
         ck = torch.load(path, map_location=device, weights_only=False)
         vae.load_state_dict(ck["model"])
+        if ck.get("opt") is None:  # imported from a pipeline (--init-pipeline): not ours to train
+            return vae.eval()
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
         _set_rng_state(rng, ck["rng"])
@@ -172,29 +181,50 @@ def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) 
     cache = torch.load(path, weights_only=False) if path.exists() else {"mean": [], "std": [], "captions": [],
                                                                           "objects": [], "rng": None}
     rng = np.random.default_rng(args.seed + 1)
-    if cache["rng"] is not None:
+    if isinstance(cache["rng"], dict):  # "chunked": drawn by --workers from per-chunk streams
         rng.bit_generator.state = cache["rng"]
     done = sum(m.shape[0] for m in cache["mean"])
     t0 = time.time()
+    pool = ProcessPoolExecutor(args.workers) if args.workers > 1 and done < args.cache_size else None
+    # with workers, chunk c is drawn from its own stream (seed + 1, c), so a resumed cache continues
+    todo = range(done // 64, math.ceil(args.cache_size / 64))
+    chunks = (pool.map(render_chunk, [args.seed + 1] * len(todo), todo,
+                       [min(64, args.cache_size - c * 64) for c in todo])
+              if pool is not None else None)
     while done < args.cache_size:
         n = min(64, args.cache_size - done)
-        samples = [sample_video(rng, num_frames=vm.NUM_FRAMES, size=vm.SIZE) for _ in range(n)]
-        x = torch.stack([frames_to_tensor(s.frames) for s in samples]).to(device)
+        if chunks is not None:
+            frames, captions, objects = next(chunks)
+        else:
+            samples = [sample_video(rng, num_frames=vm.NUM_FRAMES, size=vm.SIZE) for _ in range(n)]
+            frames = np.stack([s.frames for s in samples])
+            captions = [s.caption for s in samples]
+            objects = [[(o.colour, o.shape, o.direction) for o in s.objects] for s in samples]
+        x = torch.stack([frames_to_tensor(f) for f in frames]).to(device)
         means, stds = [], []
-        for i in range(0, n, 16):
-            post = vae.encode(x[i:i + 16]).latent_dist
+        step = 64 if device.type == "cuda" else 16
+        for i in range(0, n, step):
+            post = vae.encode(x[i:i + step]).latent_dist
             means.append(post.mean.half().cpu())
             stds.append(post.std.half().cpu())
         cache["mean"].append(torch.cat(means))
         cache["std"].append(torch.cat(stds))
-        cache["captions"] += [s.caption for s in samples]
-        cache["objects"] += [[(o.colour, o.shape, o.direction) for o in s.objects] for s in samples]
-        cache["rng"] = rng.bit_generator.state
+        cache["captions"] += captions
+        cache["objects"] += objects
+        cache["rng"] = rng.bit_generator.state if chunks is None else "chunked"
         done += n
-        save_atomic(cache, path)
-        log(run, {"stage": "cache", "clips": done, "sec": round(time.time() - t0, 1)})
+        if chunks is None or done >= args.cache_size or (done // 64) % 200 == 0:
+            save_atomic(cache, path)
+            log(run, {"stage": "cache", "clips": done, "sec": round(time.time() - t0, 1)})
+    if pool is not None:
+        pool.shutdown()
     mean = torch.cat(cache["mean"]).float()
     std = torch.cat(cache["std"]).float()
+    if "latents_mean" not in cache and args.init_pipeline is not None:
+        # the imported transformer was trained on latents normalised with the imported VAE's statistics
+        cache["latents_mean"] = list(vae.config.latents_mean)
+        cache["latents_std"] = list(vae.config.latents_std)
+        save_atomic(cache, path)
     if "latents_mean" not in cache:
         # per-channel statistics of sampled latents z = mu + sigma * eps (what training sees) over
         # clips, frames and pixels: (C,)
@@ -208,6 +238,43 @@ def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) 
     return {"mean": mean, "std": std, "captions": cache["captions"],
             "latents_mean": torch.tensor(cache["latents_mean"]).view(1, -1, 1, 1, 1),
             "latents_std": torch.tensor(cache["latents_std"]).view(1, -1, 1, 1, 1)}
+
+
+def render_chunk(seed: int, chunk: int, n: int) -> tuple[np.ndarray, list[str], list[list[tuple]]]:
+    """``n`` clips of cache chunk ``chunk`` from the stream (seed, chunk): uint8 frames (n, T, H, W, 3),
+    captions and (colour, shape, direction) per object. Runs in a worker process."""
+    rng = np.random.default_rng([seed, chunk])
+    samples = [sample_video(rng, num_frames=vm.NUM_FRAMES, size=vm.SIZE) for _ in range(n)]
+    return (np.stack([s.frames for s in samples]), [s.caption for s in samples],
+            [[(o.colour, o.shape, o.direction) for o in s.objects] for s in samples])
+
+
+def import_pipeline(run: Path, folder: Path, device: torch.device):
+    """The VAE of an exported pipeline, written to ``run/vae.pt`` (no optimiser: it stays frozen) so the
+    run folder exports and resumes like a trained one."""
+    from diffusers import AutoencoderKLWan
+
+    for part in ("vae", "transformer", "text_encoder"):
+        if not (Path(folder) / part / "config.json").exists():
+            raise ValueError(f"--init-pipeline {folder} has no {part}/config.json; give an exported "
+                             "moving-shapes WanPipeline folder such as assets/moving-shapes-wan")
+    vae = AutoencoderKLWan.from_pretrained(Path(folder) / "vae").to(device).eval()
+    path = run / "vae.pt"
+    if not path.exists():
+        save_atomic({"model": vae.state_dict(), "opt": None, "step": 0, "init": str(folder)}, path)
+    return vae
+
+
+def init_from_pipeline(folder: Path, transformer, text_encoder) -> dict:
+    """Load an exported pipeline's (EMA) transformer and text-encoder weights; returns its meta."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    folder = Path(folder)
+    transformer.load_state_dict(WanTransformer3DModel.from_pretrained(folder / "transformer").state_dict())
+    text_encoder.load_state_dict(UMT5EncoderModel.from_pretrained(folder / "text_encoder").state_dict())
+    meta_path = folder / "training_meta.json"
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
 
 # --------------------------------------------------------------------------- transformer + text
@@ -261,10 +328,11 @@ def install_padded_cross_attn(transformer) -> PaddedCrossAttnProcessor:
     return proc
 
 
-def flow_sigmas(batch: int, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def flow_sigmas(batch: int, shift: float, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
     """Noise levels s in (0, 1) drawn like the shifted sampler visits them:
     u ~ U(0, 1), s = shift u / (1 + (shift - 1) u)."""
-    u = torch.rand(batch, generator=generator).clamp(1e-3, 1 - 1e-3)
+    u = torch.rand(batch, generator=generator, device=device).clamp(1e-3, 1 - 1e-3)
     return shift * u / (1 + (shift - 1) * u)
 
 
@@ -312,10 +380,15 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
 
     path = run / "dit.pt"
     torch.manual_seed(args.seed + 2)
-    gen = torch.Generator().manual_seed(args.seed + 3)
+    gen = torch.Generator(device).manual_seed(args.seed + 3)
     transformer = vm.make_transformer().to(device)
     text_encoder = vm.make_text_encoder(len(tokenizer)).to(device)
-    set_cross_attention_gain(transformer, args.cross_gain)
+    if args.init_pipeline is not None and not path.exists():
+        meta = init_from_pipeline(args.init_pipeline, transformer, text_encoder)  # trained gains kept
+        log(run, {"stage": "dit", "init": str(args.init_pipeline), "init_steps": meta.get("dit_steps"),
+                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+    else:
+        set_cross_attention_gain(transformer, args.cross_gain)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     groups = decay_groups([transformer, text_encoder], 1e-2)
     opt = torch.optim.AdamW(groups, lr=args.dit_lr, betas=(0.9, 0.99))
@@ -329,8 +402,8 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
         ema_e.load_state_dict(ck["ema_text_encoder"])
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
+        gen.set_state(ck["gen"].cpu())  # loaded with map_location=device; states are CPU tensors
+        torch.set_rng_state(ck["torch_rng"].cpu())
     for m in (ema_t, ema_e):
         m.requires_grad_(False)
     cross = install_padded_cross_attn(transformer)
@@ -340,8 +413,10 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
     masses = []
     n = cache["mean"].shape[0]
     lm, ls = cache["latents_mean"].to(device), cache["latents_std"].to(device)
+    c_mean, c_std = cache["mean"].to(device), cache["std"].to(device)  # a few hundred MB at most
+    deadline = Deadline(args.time_limit, args.decay_tail if args.time_limit else 0.0)
     last_save = last_export = time.time()
-    t0, losses = time.time(), []
+    t0, losses, step0 = time.time(), [], step
 
     def checkpoint() -> None:
         save_atomic({"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
@@ -349,17 +424,17 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
                      "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
                      "torch_rng": torch.get_rng_state()}, path)
 
-    while step < args.dit_steps:
-        idx = torch.randint(0, n, (args.dit_batch,), generator=gen)
-        z = cache["mean"][idx] + cache["std"][idx] * torch.randn(cache["mean"][idx].shape, generator=gen)
-        x0 = ((z.to(device) - lm) / ls)  # (B, C, F, H, W) normalised latents
-        captions = [cache["captions"][i] if torch.rand(1, generator=gen).item() >= 0.1 else ""
-                    for i in idx.tolist()]
-        eps = torch.randn(x0.shape, generator=gen).to(device)
-        s = flow_sigmas(args.dit_batch, vm.FLOW_SHIFT, gen).to(device)
+    while step < args.dit_steps and not deadline.passed():
+        idx = torch.randint(0, n, (args.dit_batch,), generator=gen, device=device)
+        mu, sd = c_mean[idx].float(), c_std[idx].float()
+        x0 = (mu + sd * torch.randn(mu.shape, generator=gen, device=device) - lm) / ls  # (B, C, F, H, W)
+        keep = (torch.rand(args.dit_batch, generator=gen, device=device) >= 0.1).tolist()
+        captions = [cache["captions"][i] if k else "" for i, k in zip(idx.tolist(), keep, strict=True)]
+        eps = torch.randn(x0.shape, generator=gen, device=device)
+        s = flow_sigmas(args.dit_batch, vm.FLOW_SHIFT, gen, device)
         sv = s.view(-1, 1, 1, 1, 1)
         xs = (1 - sv) * x0 + sv * eps
-        lr = args.dit_lr * dit_lr_factor(step, args.decay_from, args.decay_to)
+        lr = args.dit_lr * dit_lr_factor(step, args.decay_from, args.decay_to) * deadline.lr_factor()
         for g in opt.param_groups:
             g["lr"] = lr
         cond, lengths = encode_text_short(text_encoder, tokenizer, captions, device)
@@ -379,17 +454,19 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
         _ema_update(ema_t, transformer, decay)
         _ema_update(ema_e, text_encoder, decay)
         losses.append(flow_loss.item())
-        if step % 50 == 0:
+        finished = step == args.dit_steps or deadline.passed()
+        if step % 50 == 0 or finished:  # the last, partial window too
             ratio = (torch.stack(masses).mean(0) * cache["mean"].shape[2]).tolist()  # x uniform share
             masses = []
             log(run, {"stage": "dit", "step": step, "loss": round(float(np.mean(losses)), 5),
                       "diag_ratio": [round(r, 2) for r in ratio], "frame_loss": round(frame_loss.item(), 4),
-                      "grad_norm": round(float(gn), 3), "lr": lr, "sec": round(time.time() - t0, 1)})
+                      "grad_norm": round(float(gn), 3), "lr": lr, "sec": round(time.time() - t0, 1),
+                      "steps_per_s": round((step - step0) / (time.time() - t0), 2)})
             losses = []
-        if time.time() - last_save > args.save_every or step == args.dit_steps:
+        if time.time() - last_save > args.save_every or finished:
             checkpoint()
             last_save = time.time()
-        if (args.export_every and time.time() - last_export > args.export_every) or step == args.dit_steps:
+        if (args.export_every and time.time() - last_export > args.export_every) or finished:
             export_pipeline(run / "pipeline", vae, ema_e, tokenizer, ema_t, meta={"dit_steps": step})
             last_export = time.time()
             log(run, {"stage": "dit", "step": step, "exported": str(run / "pipeline")})
@@ -423,6 +500,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight of the same-frame attention hinge (0: off); documented in the model card")
     p.add_argument("--frame-target", type=float, default=0.5,
                    help="same-frame attention mass a layer is pushed to (uniform share is 1/F = 0.2)")
+    p.add_argument("--init-pipeline", type=Path, default=None,
+                   help="fine-tune: VAE, transformer and text encoder from this exported pipeline folder")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop the transformer stage after this many seconds (then save and export)")
+    p.add_argument("--decay-tail", type=float, default=0.3,
+                   help="with --time-limit: decay the LR linearly to 0.1x over this last fraction of it")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering the latent cache")
     p.add_argument("--export-every", type=float, default=0.0,
                    help="seconds between exports of the EMA pipeline to <out>/pipeline (0: only at the end)")
     args = p.parse_args(argv)
@@ -432,14 +516,22 @@ def main(argv: list[str] | None = None) -> None:
                          f"{args.decay_from}, {args.decay_to}), or neither for a constant learning rate")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
+    Deadline(args.time_limit, args.decay_tail)  # validates both
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)
     # the recipe of the latest start, for the model card (export_video.training_summary reads it)
     (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
                                                     for k, v in vars(args).items()}, indent=1))
     vae_done = (args.out / "vae.pt").exists() and (args.out / "cache.pt").exists()
-    vae = train_vae(args.out, args, device)
+    if args.init_pipeline is not None:
+        vae = import_pipeline(args.out, args.init_pipeline, device)
+        vae_done = True
+    else:
+        vae = train_vae(args.out, args, device)
     if not vae_done:  # first time past the VAE stage: record its held-out PSNR for the model card
         log(args.out, {"stage": "vae", "done": True, "psnr_full": round(eval_vae(vae, device), 2)})
     if args.stage == "vae":

@@ -1,0 +1,39 @@
+"""Wall-clock budgets for training runs on a lent accelerator.
+
+A GPU lease is counted in minutes, not steps: the step rate of a small model on an unfamiliar
+machine is not known in advance, so a run given ``--time-limit`` stops at the deadline and decays
+its learning rate over the last part of the budget by elapsed time instead of by step.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Deadline:
+    """Seconds since construction against an optional limit (``None``: no limit)."""
+
+    def __init__(self, limit: float | None, tail: float = 0.0) -> None:
+        if limit is not None and limit <= 0:
+            raise ValueError(f"--time-limit must be positive seconds, got {limit}")
+        if not 0.0 <= tail < 1.0:
+            raise ValueError(f"--decay-tail must be a fraction in [0, 1), got {tail}")
+        self.limit, self.tail, self.start = limit, tail, time.time()
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def passed(self) -> bool:
+        return self.limit is not None and self.elapsed() >= self.limit
+
+    def lr_factor(self) -> float:
+        """1 until the last ``tail`` of the budget, then linear to 0.1 at the deadline."""
+        return time_decay_factor(self.elapsed(), self.limit, self.tail)
+
+
+def time_decay_factor(elapsed: float, limit: float | None, tail: float) -> float:
+    """Learning-rate multiplier: 1, then linear decay to 0.1 over the last ``tail`` of ``limit``."""
+    if limit is None or tail <= 0:
+        return 1.0
+    start = limit * (1.0 - tail)
+    return 1.0 - 0.9 * min(1.0, max(0.0, (elapsed - start) / (limit * tail)))
