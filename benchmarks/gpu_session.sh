@@ -10,7 +10,9 @@
 # that a slow step costs only its own results.
 #
 #   OUT=/tmp/out PY=.venv/bin/python DEVICE=cpu TRAIN_END=60 SMALL=1 benchmarks/gpu_session.sh  # CPU rehearsal
-#   (on the device, after installing the diffusers wheel:)  benchmarks/gpu_session.sh
+#   bash benchmarks/gpu_session.sh      # on the device, with .whl/ carried (installed by this script)
+# Run again on the still-warm machine, it resumes both fine-tunes from their checkpoints under $WORK
+# with a fresh budget (set TILE_S=1 SAGE_S=1 to skip the checks).
 set -u
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}

@@ -202,9 +202,9 @@ def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) 
             objects = [[(o.colour, o.shape, o.direction) for o in s.objects] for s in samples]
         x = torch.stack([frames_to_tensor(f) for f in frames]).to(device)
         means, stds = [], []
-        step = 64 if device.type == "cuda" else 16
-        for i in range(0, n, step):
-            post = vae.encode(x[i:i + step]).latent_dist
+        per_call = 64 if device.type == "cuda" else 16  # clips per VAE encode
+        for i in range(0, n, per_call):
+            post = vae.encode(x[i:i + per_call]).latent_dist
             means.append(post.mean.half().cpu())
             stds.append(post.std.half().cpu())
         cache["mean"].append(torch.cat(means))
