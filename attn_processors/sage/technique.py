@@ -42,8 +42,9 @@ class SageConfig:
     """Quantized attention (SageAttention2) on the selected denoiser layers.
 
     Defaults follow the public package (``mode="release"``: INT8 per-thread Q/K with smooth-K,
-    FP8 P~V); ``backend="auto"`` uses upstream ``sageattention`` or our Triton kernel on CUDA and
-    exact SDPA on CPU; ``backend="simulate"`` runs the CPU reference (tests, calibration).
+    FP8 P~V); ``backend="auto"`` uses upstream ``sageattention`` on CUDA and exact SDPA otherwise
+    (our Triton kernel measured slower than cuDNN SDPA on an H200: ``backend="triton"`` asks for it);
+    ``backend="simulate"`` runs the CPU reference (tests, calibration).
     """
 
     mode: str = "release"  # "release" | "paper4bit" | "sage1" (see spec.MODES)
