@@ -40,8 +40,8 @@ from attn_processors.layout.technique import STORE, GuidanceForwardDone, LayoutC
 @contextlib.contextmanager
 def frozen_parameters(module: torch.nn.Module):
     """Parameters need no gradient during latent guidance (only the latent does): without them
-    autograd records and keeps less (about 9 % faster per guided iteration on the shapes model).
-    Each parameter's own ``requires_grad`` is restored afterwards, also on error."""
+    autograd records and keeps less for each guided iteration's backward pass. Each parameter's own
+    ``requires_grad`` is restored afterwards, also on error."""
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)

@@ -54,7 +54,7 @@ def test_loading_a_missing_model_says_how_to_export(tmp_path):
 
 
 def test_time_decay_factor_and_deadline():
-    from attn_processors.shapes.deadline import Deadline, time_decay_factor
+    from attn_processors.shapes.finetune import Deadline, time_decay_factor
 
     assert time_decay_factor(0.0, 100.0, 0.3) == 1.0
     assert time_decay_factor(70.0, 100.0, 0.3) == pytest.approx(1.0)  # the tail starts at 70 s

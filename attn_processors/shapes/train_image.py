@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .attention_check import grounding_loss, install_probes
 from .data import MAX_OBJECTS, scene_batch
-from .deadline import Deadline
+from .finetune import Deadline, load_weights, require_parts
 from .models import build_text_encoder, build_unet, build_vae, train_scheduler
 from .tokenizer import build_tokenizer
 
@@ -217,13 +217,8 @@ def cache_latents(
 # ------------------------------------------------------------------------------- init pipeline
 def check_init_pipeline(folder: Path) -> int | None:
     """Refuse a folder without the parts a fine-tune needs; the step it was trained for, if recorded."""
-    parts = ("unet", "text_encoder", "vae")
-    missing = [f"{sub}/" for sub in parts if not (folder / sub / "config.json").exists()]
-    if missing:
-        raise ValueError(
-            f"--init-pipeline {folder} lacks {', '.join(missing)}: give a pipeline folder written by "
-            "attn_processors.shapes.export_image (e.g. assets/shapes-sd)"
-        )
+    folder = require_parts(folder, ("unet", "text_encoder", "vae"), "a pipeline folder written by "
+                           "attn_processors.shapes.export_image (e.g. assets/shapes-sd)")
     record = folder / "training.json"
     step = json.loads(record.read_text()).get("step") if record.exists() else None
     return step if isinstance(step, int) else None
@@ -249,8 +244,8 @@ def load_init_weights(folder: Path, unet: torch.nn.Module, te: torch.nn.Module) 
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
-    te.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+    load_weights(unet, UNet2DConditionModel, folder / "unet")
+    load_weights(te, CLIPTextModel, folder / "text_encoder")
 
 
 # ---------------------------------------------------------------------------------------- UNet

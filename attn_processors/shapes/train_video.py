@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from attn_processors.shapes import video_model as vm
-from attn_processors.shapes.deadline import Deadline
+from attn_processors.shapes.finetune import Deadline, load_weights, require_parts
 from attn_processors.shapes.video_attention import install_probes
 from attn_processors.shapes.video_data import frames_to_tensor, sample_video
 from attn_processors.shapes.video_tokenizer import build_video_tokenizer
@@ -254,11 +254,9 @@ def import_pipeline(run: Path, folder: Path, device: torch.device):
     run folder exports and resumes like a trained one."""
     from diffusers import AutoencoderKLWan
 
-    for part in ("vae", "transformer", "text_encoder"):
-        if not (Path(folder) / part / "config.json").exists():
-            raise ValueError(f"--init-pipeline {folder} has no {part}/config.json; give an exported "
-                             "moving-shapes WanPipeline folder such as assets/moving-shapes-wan")
-    vae = AutoencoderKLWan.from_pretrained(Path(folder) / "vae").to(device).eval()
+    folder = require_parts(folder, ("vae", "transformer", "text_encoder"),
+                           "an exported moving-shapes WanPipeline folder such as assets/moving-shapes-wan")
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae").to(device).eval()
     path = run / "vae.pt"
     if not path.exists():
         save_atomic({"model": vae.state_dict(), "opt": None, "step": 0, "init": str(folder)}, path)
@@ -271,8 +269,8 @@ def init_from_pipeline(folder: Path, transformer, text_encoder) -> dict:
     from transformers import UMT5EncoderModel
 
     folder = Path(folder)
-    transformer.load_state_dict(WanTransformer3DModel.from_pretrained(folder / "transformer").state_dict())
-    text_encoder.load_state_dict(UMT5EncoderModel.from_pretrained(folder / "text_encoder").state_dict())
+    load_weights(transformer, WanTransformer3DModel, folder / "transformer")
+    load_weights(text_encoder, UMT5EncoderModel, folder / "text_encoder")
     meta_path = folder / "training_meta.json"
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
@@ -414,7 +412,7 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
     n = cache["mean"].shape[0]
     lm, ls = cache["latents_mean"].to(device), cache["latents_std"].to(device)
     c_mean, c_std = cache["mean"].to(device), cache["std"].to(device)  # a few hundred MB at most
-    deadline = Deadline(args.time_limit, args.decay_tail if args.time_limit else 0.0)
+    deadline = Deadline(args.time_limit, args.decay_tail)  # no limit: never passes, factor 1
     last_save = last_export = time.time()
     t0, losses, step0 = time.time(), [], step
 

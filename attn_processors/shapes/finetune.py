@@ -1,13 +1,32 @@
-"""Wall-clock budgets for training runs on a lent accelerator.
+"""Fine-tuning a shipped pipeline folder on a lent accelerator (``train_image`` / ``train_video``).
 
-A GPU lease is counted in minutes, not steps: the step rate of a small model on an unfamiliar
-machine is not known in advance, so a run given ``--time-limit`` stops at the deadline and decays
+``--init-pipeline DIR`` starts a run from an exported folder: ``require_parts`` refuses a folder
+without the parts the trainer needs, ``load_weights`` loads one part strictly into a freshly built
+model. A GPU lease is counted in minutes, not steps: the step rate of a small model on an unfamiliar
+machine is not known in advance, so a run given ``--time-limit`` stops at its ``Deadline`` and decays
 its learning rate over the last part of the budget by elapsed time instead of by step.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import torch
+
+
+def require_parts(folder: Path, parts: tuple[str, ...], example: str) -> Path:
+    """``folder`` as a Path; ValueError naming every part (sub-folder with a config.json) it lacks."""
+    folder = Path(folder)
+    missing = [f"{part}/" for part in parts if not (folder / part / "config.json").exists()]
+    if missing:
+        raise ValueError(f"--init-pipeline {folder} lacks {', '.join(missing)}: give {example}")
+    return folder
+
+
+def load_weights(module: torch.nn.Module, model_class: type, folder: Path) -> None:
+    """Strictly load the weights saved in ``folder`` (``model_class.from_pretrained``) into ``module``."""
+    module.load_state_dict(model_class.from_pretrained(folder).state_dict())
 
 
 class Deadline:
