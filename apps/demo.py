@@ -25,8 +25,8 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from attn_processors.shapes.detector import detect  # noqa: E402
-from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, NUM_STEPS, load_pipeline  # noqa: E402
+from worlds.shapes.detector import detect  # noqa: E402
+from worlds.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, NUM_STEPS, load_pipeline  # noqa: E402
 
 GRID_PROMPTS = (
     "a red circle",
@@ -45,8 +45,8 @@ def build_untrained_pipeline():
     """Fallback when the asset is missing: the same architecture with random weights (draws noise)."""
     from diffusers import StableDiffusionPipeline
 
-    from attn_processors.shapes.models import build_text_encoder, build_unet, build_vae, sample_scheduler
-    from attn_processors.shapes.tokenizer import build_tokenizer
+    from worlds.shapes.models import build_text_encoder, build_unet, build_vae, sample_scheduler
+    from worlds.shapes.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     tok = build_tokenizer()

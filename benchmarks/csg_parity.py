@@ -1,12 +1,12 @@
 """Numerical parity of our CSG maths with the official implementation's golden tensors.
 
-For every case in ``DIR/index.json`` (format: ../shared/golden/csg/README.md) this rebuilds the
+For every case in ``DIR/index.json`` (format: tests/golden/csg/README.md) this rebuilds the
 masks from the boxes, the loss terms from the stored maps and recorded permutations, and the
 redistributed probabilities, and prints one JSON object as its last line:
 ``{"cases": n, "max_abs_err": {quantity: err}, "tolerance": {...}, "pass": bool}``.
 Exit code 1 when any error exceeds its tolerance (losses 1e-5; masks, redistribution 1e-6).
 
-    python benchmarks/csg_parity.py --golden ../shared/golden/csg
+    python benchmarks/csg_parity.py --golden tests/golden/csg
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from attn_processors.layout.losses import LossWeights, SamplingParams, csg_loss 
 from attn_processors.layout.masks import box_masks  # noqa: E402
 from attn_processors.layout.redistribution import redistribute  # noqa: E402
 
-DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "csg"
+DEFAULT_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "csg"
 TOL = {"masks": 1e-6, "redistribution": 1e-6, "selection": 0.0}
 LOSS_KEYS = ("intra_terms", "inter_terms", "self_terms", "loss_cross", "loss_self", "loss_total")
 

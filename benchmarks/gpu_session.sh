@@ -1,7 +1,7 @@
 #!/bin/bash
 # One lease of a GPU machine (H200, ~10 minutes of command time), prepared to run once:
 #   1. time-boxed fine-tunes of both embedded models, side by side on the one GPU:
-#      the moving-shapes Wan model (issue 4) and the shapes SD model (issue 5's binding), each from
+#      the moving-shapes Wan model (motion) and the shapes SD model (attribute binding), each from
 #      its shipped folder in assets/, with a fresh latent cache rendered on the machine's CPUs;
 #   2. the kernel checks: tile-sparse flex vs SDPA (F = 8, then F = 24), then SageAttention's speed
 #      table and parity.
@@ -32,7 +32,7 @@ if [ "$SMALL" = 1 ]; then
 else
   VCACHE=30000; ICACHE=60000; VB=128; IB=128; WORKERS=12
 fi
-# carried wheels (.whl/, see briefs/diffusers-integration.md): diffusers into /tmp/site; our tested
+# carried wheels (.whl/: the device machine has torch and triton but no diffusers): diffusers into /tmp/site; our tested
 # transformers into /tmp/site_tf, used only if it imports and builds the video tokenizer there
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -42,8 +42,8 @@ if [ -d .whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_tf \
       .whl/transformers-*.whl >> "$LOG" 2>&1
     PYTHONPATH=/tmp/site_tf:$PYTHONPATH $PY -c "import transformers, diffusers
-from attn_processors.shapes.video_tokenizer import build_video_tokenizer
-from attn_processors.shapes.tokenizer import build_tokenizer
+from worlds.moving_shapes.tokenizer import build_video_tokenizer
+from worlds.shapes.tokenizer import build_tokenizer
 build_video_tokenizer(); build_tokenizer()" >> "$LOG" 2>&1 && export PYTHONPATH=/tmp/site_tf:$PYTHONPATH
   fi
   say "PYTHONPATH=$PYTHONPATH"
@@ -53,11 +53,11 @@ fi
 
 # ---- 1a. latent caches (CPU rendering + VAE encoding on the GPU), both at once
 say "caches"
-$PY -m attn_processors.shapes.train_video --device "$DEVICE" --out "$W/video" --stage cache \
+$PY -m worlds.moving_shapes.train --device "$DEVICE" --out "$W/video" --stage cache \
   --init-pipeline assets/moving-shapes-wan --cache-size $VCACHE --workers $WORKERS --threads 4 \
   > "$W/video_cache.log" 2>&1 &
 VPID=$!
-$PY -m attn_processors.shapes.train_image --device "$DEVICE" --out "$W/image" --phase cache \
+$PY -m worlds.shapes.train --device "$DEVICE" --out "$W/image" --phase cache \
   --init-pipeline assets/shapes-sd --scenes $ICACHE --threads 4 > "$W/image_cache.log" 2>&1 &
 IPID=$!
 wait $VPID; say "video cache rc $?"; wait $IPID; say "image cache rc $?"
@@ -66,11 +66,11 @@ wait $VPID; say "video cache rc $?"; wait $IPID; say "image cache rc $?"
 LEFT=$(( TRAIN_END - ($(date +%s) - START) ))
 [ "$LEFT" -lt 20 ] && LEFT=20
 say "training for ${LEFT}s"
-$PY -m attn_processors.shapes.train_video --device "$DEVICE" --out "$W/video" --stage dit \
+$PY -m worlds.moving_shapes.train --device "$DEVICE" --out "$W/video" --stage dit \
   --init-pipeline assets/moving-shapes-wan --cache-size $VCACHE --dit-batch $VB --time-limit "$LEFT" \
   --decay-tail 0.3 --save-every 60 --export-every 60 --threads 4 > "$W/video_train.log" 2>&1 &
 VPID=$!
-$PY -m attn_processors.shapes.train_image --device "$DEVICE" --out "$W/image" --phase unet \
+$PY -m worlds.shapes.train --device "$DEVICE" --out "$W/image" --phase unet \
   --init-pipeline assets/shapes-sd --scenes $ICACHE --batch $IB --lr 6e-4 --time-limit "$LEFT" --decay-tail 0.3 \
   --save-every 60 --threads 4 > "$W/image_train.log" 2>&1 &
 IPID=$!
@@ -78,7 +78,7 @@ wait $VPID; say "video training rc $?"; wait $IPID; say "image training rc $?"
 tail -n 3 "$W/video_train.log" "$W/image_train.log" >> "$LOG" 2>&1
 
 # ---- 1c. export and pack (the video pipeline was exported by the trainer)
-$PY -m attn_processors.shapes.export_image --run "$W/image" --out "$W/image_export" >> "$LOG" 2>&1
+$PY -m worlds.shapes.export --run "$W/image" --out "$W/image_export" >> "$LOG" 2>&1
 say "image export rc $?"
 (cd "$W" && tar czf - --ignore-failed-read video/pipeline video/log.jsonl video/args.json image_export \
   image/train.log video_cache.log image_cache.log video_train.log image_train.log 2>/dev/null) \

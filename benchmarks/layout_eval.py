@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from attn_processors.shapes.detector import box_iou, detect  # noqa: E402
 from pipelines.layout_to_image import LayoutToImagePipeline, draw_boxes  # noqa: E402
+from worlds.shapes.detector import box_iou, detect  # noqa: E402
 
 METHODS = {"unguided": "none", "redistribution": "redistribution", "guidance": "guidance", "full": "full"}
 DEFAULT_CASES = ROOT / "benchmarks" / "cases" / "layout_default.json"

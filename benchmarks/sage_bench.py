@@ -172,9 +172,9 @@ def shapes_model_eval(model: Path | None, prompts: int, steps: int) -> dict:
     import numpy as np
 
     from attn_processors.core import apply
-    from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, load_pipeline
-    from attn_processors.shapes.vocab import parse_caption
     from benchmarks.shapes_eval import generate, prompt_set, score
+    from worlds.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, load_pipeline
+    from worlds.shapes.vocab import parse_caption
 
     pipe = load_pipeline(model or DEFAULT_MODEL)
     texts = prompt_set(1, prompts // 2) + prompt_set(2, prompts - prompts // 2)

@@ -5,7 +5,7 @@ do its colour words attend to their objects?
     python benchmarks/shapes_eval.py --model assets/shapes-sd --steps 20 --cfg 4.0
 
 Unguided generation with fixed seeds over a prompt set (default: 50 one-object + 50 two-object
-prompts, plus 30 three-object prompts reported apart). The detector of ``attn_processors.shapes``
+prompts, plus 30 three-object prompts reported apart). The detector of ``worlds.shapes``
 scores each image:
 
 * colour accuracy: every requested colour is present;
@@ -33,15 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from attn_processors.shapes.attention_check import (  # noqa: E402
+from worlds.shapes.attention_check import (  # noqa: E402
     AttentionTally,
     MapAccumulator,
     install_probes,
     restore,
 )
-from attn_processors.shapes.detector import detect  # noqa: E402
-from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, NUM_STEPS, load_pipeline  # noqa: E402
-from attn_processors.shapes.vocab import COLOURS, SHAPES, caption, object_phrase, parse_caption  # noqa: E402
+from worlds.shapes.detector import detect  # noqa: E402
+from worlds.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, NUM_STEPS, load_pipeline  # noqa: E402
+from worlds.shapes.vocab import COLOURS, SHAPES, caption, object_phrase, parse_caption  # noqa: E402
 
 
 def prompt_set(n_objects: int, count: int, seed: int = 0) -> list[str]:

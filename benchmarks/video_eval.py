@@ -6,7 +6,7 @@ the frame-tile structure of its 3D self-attention; optionally a technique agains
     python benchmarks/video_eval.py --model assets/moving-shapes-wan --num 40 --two-object 20
 
 Videos are generated in one batched WanPipeline call per prompt set, each prompt with its own fixed
-seed (generator list), scored per frame by attn_processors.shapes.video_detect. ``diagonal_tile_ratio``
+seed (generator list), scored per frame by worlds.moving_shapes.detect. ``diagonal_tile_ratio``
 is measured on the dense model with a read-only attn1 probe (video_attention.FrameTileProbe): mean
 attention mass on the query's own latent frame over the uniform share 1/F, per layer and averaged,
 over every denoising step and CFG branch. With ``--attention X`` the same prompts and seeds are
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from attn_processors.shapes.video_attention import install_probes  # noqa: E402
-from attn_processors.shapes.video_data import eval_prompts  # noqa: E402
-from attn_processors.shapes.video_detect import score_video  # noqa: E402
+from worlds.moving_shapes.attention_check import install_probes  # noqa: E402
+from worlds.moving_shapes.data import eval_prompts  # noqa: E402
+from worlds.moving_shapes.detect import score_video  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "assets" / "moving-shapes-wan"
 

@@ -138,7 +138,7 @@ def uses_shapes_vocabulary(pipe: Any) -> bool:
     tokenizer = getattr(pipe, "tokenizer", None)
     if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
         return False
-    from attn_processors.shapes.video_tokenizer import tokenizer_pieces
+    from worlds.moving_shapes.tokenizer import tokenizer_pieces
 
     pieces = [piece for piece, _ in tokenizer_pieces()]
     if len(tokenizer) != len(pieces):  # cheap reject: a real T5 vocabulary (~256k) is never built here
@@ -152,7 +152,7 @@ def check_prompt_vocabulary(pipe: Any, *texts: str | None) -> None:
     tokenize into characters its text encoder never learned, so the video would ignore them."""
     if not uses_shapes_vocabulary(pipe):
         return
-    from attn_processors.shapes.video_tokenizer import check_prompt
+    from worlds.moving_shapes.tokenizer import check_prompt
 
     for text in texts:
         if text:

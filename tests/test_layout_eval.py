@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from attn_processors.shapes.render import SceneObject, draw_scene
 from benchmarks.layout_eval import DEFAULT_CASES, load_cases, parse_phrase, score
+from worlds.shapes.render import SceneObject, draw_scene
 
 
 def test_score_hits_objects_in_their_boxes_and_misses_others():
@@ -24,7 +24,7 @@ def test_score_hits_objects_in_their_boxes_and_misses_others():
 
 def test_default_cases_are_valid_layouts(tmp_path):
     from attn_processors.layout.masks import phrase_token_indices, validate_boxes
-    from attn_processors.shapes.tokenizer import build_tokenizer
+    from worlds.shapes.tokenizer import build_tokenizer
 
     cases, params, sampling = load_cases(DEFAULT_CASES)
     assert len(cases) >= 8 and "scale_factor" in params and sampling["num_inference_steps"] > 0

@@ -29,9 +29,9 @@ from attn_processors.layout.masks import (
     validate_boxes,
 )
 from attn_processors.layout.redistribution import redistribute
-from attn_processors.shapes.tokenizer import build_tokenizer
+from worlds.shapes.tokenizer import build_tokenizer
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "csg"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "csg"
 
 
 def _golden_cases() -> list[tuple[dict, dict]]:

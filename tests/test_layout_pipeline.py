@@ -15,8 +15,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from attn_processors.core import Controller, apply, build_sites
 from attn_processors.layout.technique import STORE, LayoutConfig, LayoutProcessor, layout_factor
-from attn_processors.shapes.tokenizer import build_tokenizer
 from pipelines.layout_to_image import LayoutToImagePipeline, layout_panel
+from worlds.shapes.tokenizer import build_tokenizer
 
 PROMPT = "a red circle and a blue square"
 PHRASES = ["red circle", "blue square"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from attn_processors.shapes.attention_check import (
+from worlds.shapes.attention_check import (
     MapAccumulator,
     colour_position,
     cross_attention_names,
@@ -14,8 +14,8 @@ from attn_processors.shapes.attention_check import (
     shape_position,
     word_localisation,
 )
-from attn_processors.shapes.models import build_text_encoder, build_unet
-from attn_processors.shapes.tokenizer import build_tokenizer
+from worlds.shapes.models import build_text_encoder, build_unet
+from worlds.shapes.tokenizer import build_tokenizer
 
 
 def test_token_positions_match_the_tokenizer():

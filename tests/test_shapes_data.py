@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from attn_processors.shapes.data import MAX_OBJECTS, make_scene, sample_objects, scene_batch
-from attn_processors.shapes.render import SceneObject, draw_scene, object_mask
-from attn_processors.shapes.vocab import COLOURS, SHAPES, caption, object_phrase, parse_caption
+from worlds.shapes.data import MAX_OBJECTS, make_scene, sample_objects, scene_batch
+from worlds.shapes.render import SceneObject, draw_scene, object_mask
+from worlds.shapes.vocab import COLOURS, SHAPES, caption, object_phrase, parse_caption
 
 
 def test_scene_is_deterministic_per_seed_and_index():

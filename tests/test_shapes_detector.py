@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from attn_processors.shapes.data import make_scene
-from attn_processors.shapes.detector import box_iou, classify_shape, detect, largest_component, open_mask
-from attn_processors.shapes.render import SceneObject, draw_scene, object_mask
+from worlds.shapes.data import make_scene
+from worlds.shapes.detector import box_iou, classify_shape, detect, largest_component, open_mask
+from worlds.shapes.render import SceneObject, draw_scene, object_mask
 
 
 def test_acceptance_on_500_ground_truth_scenes():

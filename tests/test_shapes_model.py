@@ -10,9 +10,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from attn_processors.shapes.attention_check import cross_attention_names, measure
-from attn_processors.shapes.detector import detect
-from attn_processors.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, load_pipeline
+from worlds.shapes.attention_check import cross_attention_names, measure
+from worlds.shapes.detector import detect
+from worlds.shapes.pipeline import CFG_SCALE, DEFAULT_MODEL, load_pipeline
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL / "model_index.json").exists(), reason="assets/shapes-sd not exported yet"

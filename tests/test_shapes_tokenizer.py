@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import CLIPTokenizer
 
-from attn_processors.shapes.tokenizer import (
+from worlds.shapes.tokenizer import (
     MODEL_MAX_LENGTH,
     VocabCheckedTokenizer,
     build_tokenizer,
@@ -13,7 +13,7 @@ from attn_processors.shapes.tokenizer import (
     save_vocab_files,
     unknown_words,
 )
-from attn_processors.shapes.vocab import WORDS
+from worlds.shapes.vocab import WORDS
 
 
 @pytest.fixture(scope="module")

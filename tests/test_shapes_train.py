@@ -7,8 +7,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from attn_processors.shapes import export_image, train_image
-from attn_processors.shapes.models import train_scheduler
+from worlds.shapes import export as export_image
+from worlds.shapes import train as train_image
+from worlds.shapes.models import train_scheduler
 
 
 def test_min_snr_weights():
@@ -47,14 +48,14 @@ def test_tiny_run_resumes_and_exports(tmp_path):
 
 
 def test_loading_a_missing_model_says_how_to_export(tmp_path):
-    from attn_processors.shapes.pipeline import load_pipeline
+    from worlds.shapes.pipeline import load_pipeline
 
-    with pytest.raises(ValueError, match="export_image"):
+    with pytest.raises(ValueError, match="worlds.shapes.export"):
         load_pipeline(tmp_path)
 
 
 def test_time_decay_factor_and_deadline():
-    from attn_processors.shapes.finetune import Deadline, time_decay_factor
+    from worlds.finetune import Deadline, time_decay_factor
 
     assert time_decay_factor(0.0, 100.0, 0.3) == 1.0
     assert time_decay_factor(70.0, 100.0, 0.3) == pytest.approx(1.0)  # the tail starts at 70 s

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from attn_processors.shapes import train_video as tv
-from attn_processors.shapes import video_model as vm
-from attn_processors.shapes.video_attention import diagonal_mass, install_probes
-from attn_processors.shapes.video_data import DIRECTION_VECTORS, eval_prompts, sample_video
-from attn_processors.shapes.video_detect import score_video
-from attn_processors.shapes.video_tokenizer import build_video_tokenizer, check_prompt, unknown_words
-from attn_processors.shapes.vocab import WORDS
+from worlds.moving_shapes import models as vm
+from worlds.moving_shapes import train as tv
+from worlds.moving_shapes.attention_check import diagonal_mass, install_probes
+from worlds.moving_shapes.data import DIRECTION_VECTORS, eval_prompts, sample_video
+from worlds.moving_shapes.detect import score_video
+from worlds.moving_shapes.tokenizer import build_video_tokenizer, check_prompt, unknown_words
+from worlds.shapes.vocab import WORDS
 
 
 def test_clip_geometry_and_caption():
@@ -167,7 +167,7 @@ def test_flow_sigmas_follow_the_sampler_shift():
 
 
 def test_training_summary_reads_the_log(tmp_path):
-    from attn_processors.shapes.export_video import training_summary
+    from worlds.moving_shapes.export import training_summary
 
     recs = [
         {"time": 0.0, "stage": "vae", "step": 20, "loss": 0.5},
@@ -188,7 +188,7 @@ def test_training_summary_reads_the_log(tmp_path):
 def test_training_script_runs_resumes_and_exports(tmp_path):
     from diffusers import WanPipeline
 
-    from attn_processors.shapes.export_video import main as export_main
+    from worlds.moving_shapes.export import main as export_main
 
     args = [
         "--out",
@@ -282,7 +282,7 @@ def test_fine_tune_from_the_shipped_pipeline_within_a_time_limit(tmp_path):
     saved_tok = json.loads((run / "pipeline" / "tokenizer" / "tokenizer.json").read_text())
     assert saved_tok["padding"] is None and saved_tok["truncation"] is None  # no training-call state
     # the card of the exported folder describes the fine-tune as a step of its own
-    from attn_processors.shapes.export_video import main as export_main
+    from worlds.moving_shapes.export import main as export_main
 
     card_args = ["--card-only", "--run", str(run), "--out", str(run / "pipeline")]
     export_main([*card_args, "--finetune-run", str(run)])

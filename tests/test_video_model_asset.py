@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from attn_processors.shapes.video_attention import install_probes
+from worlds.moving_shapes.attention_check import install_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "assets" / "moving-shapes-wan"

@@ -1,9 +1,9 @@
 """Tiny random-weight, fully offline Diffusers models and pipelines for tests and benchmarks.
 
-Shapes follow the real families (briefs/diffusers-integration.md §7): an SD1.5-, SDXL-, CogVideoX-,
-Wan- and Flux-shaped denoiser, each with a stock pipeline whose tokenizers are built in memory.
-Every component is put in `.eval()` (T5 dropout otherwise makes runs differ) and every builder is
-seeded, so two builds are bit-identical.
+Shapes follow the real families (their layer types, token orders and norms, only smaller): an
+SD1.5-, SDXL-, CogVideoX-, Wan- and Flux-shaped denoiser, each with a stock pipeline whose
+tokenizers are built in memory. Every component is put in `.eval()` (T5 dropout otherwise makes
+runs differ) and every builder is seeded, so two builds are bit-identical.
 
     >>> from attn_processors.testing.tiny import tiny_pipeline
     >>> pipe = tiny_pipeline("sd15")                                   # doctest: +SKIP

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attn_processors.shapes.detector import detect
+from worlds.shapes.detector import detect
 
 MIN_TRAVEL = 3.0  # px over the clip; training clips travel 16-26 px at 64x64
 MIN_PRESENCE = 0.5  # a colour must be found in at least half the frames to count as present

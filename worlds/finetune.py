@@ -1,4 +1,4 @@
-"""Fine-tuning a shipped pipeline folder on a lent accelerator (``train_image`` / ``train_video``).
+"""Fine-tuning a shipped pipeline folder on a lent accelerator (``shapes.train`` / ``moving_shapes.train``).
 
 ``--init-pipeline DIR`` starts a run from an exported folder: ``require_parts`` refuses a folder
 without the parts the trainer needs, ``load_weights`` loads one part strictly into a freshly built

@@ -14,7 +14,7 @@ import re
 import string
 import warnings
 
-from attn_processors.shapes.vocab import WORDS
+from worlds.shapes.vocab import WORDS
 
 MAX_LENGTH = 32  # longest caption ("a red circle moving right and a blue square moving up") is 13 tokens
 _SPLIT = re.compile(r"[\s,]+")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import CallInfo, ControlledProcessor, Controller, Site
+from attn_processors.core import CallInfo, ControlledProcessor, Controller, Site
 
 
 def diagonal_mass(probs: torch.Tensor, frames: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Export a moving-shapes training run as a standard, offline-loadable ``WanPipeline`` folder.
 
-    python -m attn_processors.shapes.export_video --run runs/video --out assets/moving-shapes-wan
+    python -m worlds.moving_shapes.export --run runs/video --out assets/moving-shapes-wan
 
 Weights are saved in fp32 safetensors (the whole model is a few MB, and fp32 keeps CPU inference
 exact); ``_name_or_path`` is stripped from the configs so nothing points at the training machine.
@@ -28,7 +28,7 @@ def export_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, met
     """Assemble WanPipeline from trained parts and ``save_pretrained`` it into ``folder``."""
     from diffusers import WanPipeline
 
-    from attn_processors.shapes import video_model as vm
+    from worlds.moving_shapes import models as vm
 
     folder = Path(folder)
     # a fast tokenizer that has encoded batches keeps that call's padding/truncation in its backend,
@@ -54,8 +54,8 @@ def export_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, met
 
 def load_run(run: Path, device: str = "cpu"):
     """(vae, text_encoder, tokenizer, transformer) from a run folder, using the EMA weights."""
-    from attn_processors.shapes import video_model as vm
-    from attn_processors.shapes.video_tokenizer import build_video_tokenizer
+    from worlds.moving_shapes import models as vm
+    from worlds.moving_shapes.tokenizer import build_video_tokenizer
 
     run = Path(run)
     tokenizer = build_video_tokenizer()
@@ -111,8 +111,9 @@ def training_summary(run: Path) -> dict:
 
 
 def finetune_summary(run: Path) -> dict:
-    """What a ``train_video --init-pipeline`` run did, from its log.jsonl and args.json: the folder and
-    steps it started from, the device, steps, batch, clips, learning rate, budget, wall time, losses."""
+    """What a ``moving_shapes.train --init-pipeline`` run did, from its log.jsonl and args.json: the
+    folder and steps it started from, the device, steps, batch, clips, learning rate, budget, wall
+    time, losses."""
     records = _records(run)
     init = next((r for r in records if r.get("stage") == "dit" and "init" in r), None)
     if init is None:
@@ -145,7 +146,8 @@ def _finetune_section(ft: dict | None) -> str:
         f"AdamW {ft['lr']} with the 200-step warm-up and {budget}; the EMA ({ft['ema']}) restarted from "
         f"the starting weights. Flow loss {ft['first_loss']} -> {ft['last_loss']}; {ft['wall_minutes']} min "
         "wall. Same objective, regulariser and padding treatment as step 3 "
-        "(`train_video --init-pipeline ... --device cuda --time-limit ...`; `benchmarks/gpu_session.sh`).",
+        "(`moving_shapes.train --init-pipeline ... --device cuda --time-limit ...`; "
+        "`benchmarks/gpu_session.sh`).",
         width=100, subsequent_indent="   ", break_on_hyphens=False) + "\n"
 
 
@@ -164,7 +166,7 @@ outputs a detector can score. It exists so attention techniques (tile-sparse, Sa
 shown to change what a video model draws; it is not a general video model.
 
 ## Data
-Synthetic clips rendered on the fly (`attn_processors/shapes/video_data.py`): {frames} frames,
+Synthetic clips rendered on the fly (`worlds/moving_shapes/data.py`): {frames} frames,
 {size}x{size} RGB, light grey background with a small tint; 1 object (60 %) or 2 objects (40 %) with
 distinct colours (red, green, blue, yellow, purple, orange, +-15 RGB jitter), shapes circle / square /
 upright triangle of 14-22 px, moving left / right / up / down at a steady 2.0-3.2 px per frame, never
@@ -172,7 +174,7 @@ overlapping. Captions: "a red circle moving right", "a red circle moving right a
 moving up"; 10 % empty captions for classifier-free guidance.
 
 ## Architecture
-Stock diffusers / transformers classes; configs in `attn_processors/shapes/video_model.py`.
+Stock diffusers / transformers classes; configs in `worlds/moving_shapes/models.py`.
 
 | component | config |
 | --- | --- |
@@ -183,7 +185,7 @@ Stock diffusers / transformers classes; configs in `attn_processors/shapes/video
 | FlowMatchEulerDiscreteScheduler | shift {shift} |
 
 ## Training
-`python -m attn_processors.shapes.train_video --out runs/video` (seeded, resumable, `--device cuda`).
+`python -m worlds.moving_shapes.train --out runs/video` (seeded, resumable, `--device cuda`).
 
 1. VAE: L1 + MSE + 1e-6 KL, AdamW cosine, batch 8 (32x32 crops; every 4th step 2 whole clips), shape
    pixels weighted x{object_weight} in the loss (they are ~6 % of the pixels but all the detector reads).
@@ -223,8 +225,8 @@ jobs, so wall minutes overstate the work{finetune_compute}.
 - The VAE is not the limit: its reconstructions of 48 held-out one-object clips score colour 1.00,
   shape 0.92 and motion 1.00 with the same detector (the previous, unweighted VAE: 0.81 / 0.69 /
   0.81).{motion_line}
-- Closed vocabulary (`attn_processors/shapes/vocab.py`); other words tokenize into characters the
-  encoder never learned (`attn_processors.shapes.video_tokenizer.check_prompt` names them;
+- Closed vocabulary (`worlds/shapes/vocab.py`); other words tokenize into characters the
+  encoder never learned (`worlds.moving_shapes.tokenizer.check_prompt` names them;
   `pipelines.video.generate_video` raises on them).
 - 64x64 and 9 frames only (other sizes are untrained). Two-object prompts are weaker than one-object
   prompts, and some samples flicker or lose their object.
@@ -277,7 +279,7 @@ def _target_line(metrics: dict | None) -> str:
 
 def write_model_card(folder: Path, summary: dict, metrics: dict | None, finetune: dict | None = None) -> None:
     """MODEL_CARD.md: data, architecture, compute, metrics (from benchmarks/video_eval.py), limits."""
-    from attn_processors.shapes import video_model as vm
+    from worlds.moving_shapes import models as vm
 
     folder = Path(folder)
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         help="a file whose last line is benchmarks/video_eval.py's JSON, for the model card",
     )
     p.add_argument("--finetune-run", type=Path, default=None,
-                   help="a train_video --init-pipeline run that continued --run; described as step 5")
+                   help="a moving_shapes.train --init-pipeline run that continued --run; described as step 5")
     p.add_argument("--card-only", action="store_true",
                    help="rewrite MODEL_CARD.md and training_meta.json of the existing --out folder "
                         "(e.g. a pipeline exported by a fine-tune run), leaving its weights alone")
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (args.run / "dit.pt").exists():
         raise ValueError(
-            f"{args.run} has no dit.pt checkpoint; train first with attn_processors.shapes.train_video"
+            f"{args.run} has no dit.pt checkpoint; train first with worlds.moving_shapes.train"
         )
     vae, text_encoder, tokenizer, transformer, step = load_run(args.run)
     summary = training_summary(args.run)

@@ -2,8 +2,8 @@
 
 Cross-attention (``attn2``) sits at three UNet resolutions of the 16x16 latent: 16x16 (down 0,
 up 2), 8x8 (down 1, up 1) and 4x4 (mid), so resolution-based layer selection has something real
-to act on. Sizes follow the measured recipe in the project brief (UNet 3.2 M, VAE 0.95 M, text
-encoder 0.7 M parameters).
+to act on. Sizes are the smallest that learned the world in our measurements (UNet 3.2 M, VAE 0.95 M, text
+encoder 0.7 M parameters; assets/shapes-sd/MODEL_CARD.md).
 """
 
 from __future__ import annotations

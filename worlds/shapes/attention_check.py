@@ -1,8 +1,8 @@
 """Is cross-attention localised? Per-word attention maps of the UNet's attn2 layers vs object boxes.
 
-The measure of the project brief: on every ``attn2`` layer a probe stores head-averaged attention
-probabilities; a word's map is upsampled to the image size, summed over steps, normalised to sum 1,
-and compared with the box of the object the word describes:
+The measure (TokenCompose-style grounding, Wang et al. 2024): on every ``attn2`` layer a probe
+stores head-averaged attention probabilities; a word's map is upsampled to the image size, summed
+over steps, normalised to sum 1, and compared with the box of the object the word describes:
 
 * ``mass_ratio``  = (map mass inside the box) / (box area share); 1.0 means no localisation;
 * ``peak_in_box`` = fraction of maps whose arg-max pixel lies inside the box.
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import CallInfo, ControlledProcessor, Controller, Select, Site
-from ..core.install import processors_for
+from attn_processors.core import CallInfo, ControlledProcessor, Controller, Select, Site
+from attn_processors.core.install import processors_for
+
 from .detector import detect
 from .vocab import parse_caption
 

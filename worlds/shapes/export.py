@@ -1,6 +1,6 @@
 """Export a training run's EMA weights as a loadable Stable Diffusion pipeline folder.
 
-    python -m attn_processors.shapes.export_image --run runs/shapes --out assets/shapes-sd
+    python -m worlds.shapes.export --run runs/shapes --out assets/shapes-sd
 
 Writes the standard Diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
 scheduler/) in safetensors, fp32 by default (fp16 with --fp16), with no safety checker and no
@@ -28,7 +28,7 @@ def load_run(run: Path, use_ema: bool = True) -> StableDiffusionPipeline:
     ckpt = run / "unet_ckpt.pt"
     if not ckpt.exists() or not (run / "vae" / "config.json").exists():
         raise ValueError(
-            f"{run} has no finished VAE and UNet checkpoint; train with attn_processors.shapes.train_image"
+            f"{run} has no finished VAE and UNet checkpoint; train with worlds.shapes.train"
         )
     state = torch.load(ckpt, weights_only=False, map_location="cpu")
     tok = build_tokenizer()

@@ -1,6 +1,6 @@
 """Train the embedded moving-shapes Wan model: VAE -> latent cache -> transformer + text encoder.
 
-    python -m attn_processors.shapes.train_video --out runs/video --device cpu|cuda
+    python -m worlds.moving_shapes.train --out runs/video --device cpu|cuda
 
 Every stage is seeded and resumable: the run folder holds ``vae.pt`` / ``cache.pt`` / ``dit.pt``
 checkpoints (weights, optimiser, EMA, step, RNG state) written every ``--save-every`` seconds, and a
@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from attn_processors.shapes import video_model as vm
-from attn_processors.shapes.finetune import Deadline, load_weights, require_parts
-from attn_processors.shapes.video_attention import install_probes
-from attn_processors.shapes.video_data import frames_to_tensor, sample_video
-from attn_processors.shapes.video_tokenizer import build_video_tokenizer
+from worlds.finetune import Deadline, load_weights, require_parts
+from worlds.moving_shapes import models as vm
+from worlds.moving_shapes.attention_check import install_probes
+from worlds.moving_shapes.data import frames_to_tensor, sample_video
+from worlds.moving_shapes.tokenizer import build_video_tokenizer
 
 TEXT_PAD_LENGTH = 512  # WanPipeline pads prompt embeddings with zeros to max_sequence_length=512
 
@@ -374,7 +374,7 @@ def decay_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[di
 def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: torch.device, tokenizer) -> None:
     import copy
 
-    from attn_processors.shapes.export_video import export_pipeline
+    from worlds.moving_shapes.export import export_pipeline
 
     path = run / "dit.pt"
     torch.manual_seed(args.seed + 2)
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)
-    # the recipe of the latest start, for the model card (export_video.training_summary reads it)
+    # the recipe of the latest start, for the model card (moving_shapes.export.training_summary reads it)
     (args.out / "args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
                                                     for k, v in vars(args).items()}, indent=1))
     vae_done = (args.out / "vae.pt").exists() and (args.out / "cache.pt").exists()

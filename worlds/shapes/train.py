@@ -1,16 +1,16 @@
 """Train the shapes text-to-image model: VAE, latent cache, then UNet + text encoder.
 
-    python -m attn_processors.shapes.train_image --out runs/shapes --device cpu --steps 8000
+    python -m worlds.shapes.train --out runs/shapes --device cpu --steps 8000
 
 Each phase resumes from ``--out``: the VAE phase from ``vae_ckpt.pt`` (finished when ``vae/``
 exists), the cache from ``latents.pt``, the UNet phase from ``unet_ckpt.pt`` (model, EMA,
 optimiser, step and RNG states, saved every ``--save-every`` seconds). ``--steps`` is the UNet
 step target, so re-running with a larger number continues training. Losses go to ``train.log``
-(one JSON object per line). Export a pipeline with ``python -m attn_processors.shapes.export_image``.
+(one JSON object per line). Export a pipeline with ``python -m worlds.shapes.export``.
 
 Fine-tuning a shipped pipeline for a fixed wall-clock budget (e.g. on a lent GPU):
 
-    python -m attn_processors.shapes.train_image --out runs/ft --init-pipeline assets/shapes-sd \
+    python -m worlds.shapes.train --out runs/ft --init-pipeline assets/shapes-sd \
         --device cuda --time-limit 300 --decay-tail 0.3
 
 ``--init-pipeline`` starts the UNet, text encoder and EMA from the folder's weights (a fresh
@@ -19,8 +19,8 @@ optimiser; the EMA keeps its full decay from the first step) and takes the VAE f
 many seconds after it starts (``--steps`` then only caps it when given) and decays the learning rate
 linearly to 0.1x over the last ``--decay-tail`` of the budget. A resumed run gets a fresh budget.
 
-Recipe (project brief): VAE with L1 + MSE + 1e-7 KL on random 32x32 crops for 75 % of its steps;
-UNet epsilon loss with min-SNR-5 weighting (Hang et al. 2023), 10 % empty captions for CFG,
+Recipe (assets/shapes-sd/MODEL_CARD.md): VAE with L1 + MSE + 1e-7 KL on random 32x32 crops for
+75 % of its steps; UNet epsilon loss with min-SNR-5 weighting (Hang et al. 2023), 10 % empty captions for CFG,
 AdamW 8e-4 with warm-up, grad clip 1, EMA 0.999; plus a token-grounding loss on every attn2 map
 (TokenCompose) so that colour and shape words attend to their object.
 """
@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from worlds.finetune import Deadline, load_weights, require_parts
+
 from .attention_check import grounding_loss, install_probes
 from .data import MAX_OBJECTS, scene_batch
-from .finetune import Deadline, load_weights, require_parts
 from .models import build_text_encoder, build_unet, build_vae, train_scheduler
 from .tokenizer import build_tokenizer
 
@@ -218,7 +219,7 @@ def cache_latents(
 def check_init_pipeline(folder: Path) -> int | None:
     """Refuse a folder without the parts a fine-tune needs; the step it was trained for, if recorded."""
     folder = require_parts(folder, ("unet", "text_encoder", "vae"), "a pipeline folder written by "
-                           "attn_processors.shapes.export_image (e.g. assets/shapes-sd)")
+                           "worlds.shapes.export (e.g. assets/shapes-sd)")
     record = folder / "training.json"
     step = json.loads(record.read_text()).get("step") if record.exists() else None
     return step if isinstance(step, int) else None

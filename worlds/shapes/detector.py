@@ -5,7 +5,7 @@ and close enough to it; the largest 4-connected component of each colour is an o
 the ideal circle / square / triangle drawn in the component's bounding box with the highest mask
 IoU. (A fill-ratio rule misread the rounded squares a model draws as circles.)
 
->>> from attn_processors.shapes.data import make_scene
+>>> from worlds.shapes.data import make_scene
 >>> scene = make_scene(seed=0, index=1)
 >>> sorted((d.colour, d.shape) for d in detect(scene.image)) == sorted(scene.labels)
 True

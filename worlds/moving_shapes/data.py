@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attn_processors.shapes.vocab import COLOUR_RGB, COLOURS, DIRECTIONS, SHAPES, caption, object_phrase
+from worlds.shapes.vocab import COLOUR_RGB, COLOURS, DIRECTIONS, SHAPES, caption, object_phrase
 
 # Unit displacement per direction in (x, y) image coordinates (y grows downwards).
 DIRECTION_VECTORS: dict[str, tuple[int, int]] = {

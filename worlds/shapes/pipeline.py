@@ -39,7 +39,7 @@ def load_pipeline(
     if isinstance(path, Path) and not (path / "model_index.json").exists():
         raise ValueError(
             f"no Diffusers pipeline at {path} (model_index.json missing); export one with "
-            "`python -m attn_processors.shapes.export_image --run runs/shapes --out assets/shapes-sd`"
+            "`python -m worlds.shapes.export --run runs/shapes --out assets/shapes-sd`"
         )
     pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
     if is_shapes_tokenizer(pipe.tokenizer):
