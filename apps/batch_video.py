@@ -1,5 +1,10 @@
 """Batch video generation: sharded across processes with accelerate, resumable, nothing lost or duplicated.
 
+A job line names a technique with its options, or gives its settings in the config JSON form the whole
+toolkit shares (`config_to_json`; a list of such objects composes several techniques):
+    {"prompt": "a red circle moving right", "attention": "tile_sparse", "attention_options": {"k": 2}}
+    {"prompt": "a red circle moving right", "attention": {"__type__": "TileSparseConfig", "k": 2}}
+
 Run on one process:      python -m apps.batch_video jobs.jsonl --output out/
 Run on N processes:      torchrun --standalone --nproc_per_node N -m apps.batch_video jobs.jsonl --output out/
                          (or `accelerate launch --multi_gpu --num_processes N -m apps.batch_video ...`)
@@ -23,6 +28,7 @@ import csv
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
@@ -36,11 +42,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-# job fields -> accepted JSON types (bool is excluded from numbers when checked)
+# job fields -> accepted JSON types (bool is excluded from numbers when checked). "attention" is a
+# technique name (its options in "attention_options") or technique settings in config JSON form: an
+# object {"__type__": "TileSparseConfig", ...} or a list of them (composed), as config_to_json writes.
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "negative_prompt": (str,), "seed": (int,), "frames": (int,), "height": (int,),
-    "width": (int,), "size": (str, list), "steps": (int,), "guidance": (int, float), "attention": (str,),
-    "attention_options": (dict,), "fps": (int, float),
+    "width": (int,), "size": (str, list), "steps": (int,), "guidance": (int, float),
+    "attention": (str, dict, list), "attention_options": (dict,), "fps": (int, float),
 }
 DEFAULT_FIELDS = set(FIELD_TYPES) - {"prompt", "seed"} | {"base_seed"}
 # what the shipped assets/moving-shapes-wan was trained and evaluated at (9 frames, 64x64, 20 steps)
@@ -67,7 +75,7 @@ class Job:
     width: int
     steps: int
     guidance: float
-    attention: str
+    attention: str | dict | list  # a technique name, or settings in config JSON form
     attention_options: dict = field(default_factory=dict)
     fps: float = 8
 
@@ -88,9 +96,11 @@ def read_jobs(path: str | os.PathLike, cli_defaults: dict[str, Any] | None = Non
 
     JSONL: one JSON object per line; blank lines and lines starting with '#' are ignored; an optional
     first object `{"defaults": {...}}` sets defaults for every job. CSV: a header row naming job fields,
-    empty cells unset, `attention_options` as a JSON string. Precedence: job > CLI flag > file defaults >
-    built-in defaults. Only the structure and types are checked here; values the model or technique
-    rejects (e.g. frames=6 for Wan) fail that job alone at run time.
+    empty cells unset, `attention_options` (and `attention` in config JSON form) as JSON text.
+    Precedence: job > CLI flag > file defaults > built-in defaults. Structure and types are checked
+    here, and settings in config JSON form are built (so a misspelt type or field stops the run before
+    any work); values the model or a named technique rejects (e.g. frames=6 for Wan) fail that job
+    alone at run time.
     """
     path = Path(path)
     if not path.is_file():
@@ -110,52 +120,77 @@ def read_jobs(path: str | os.PathLike, cli_defaults: dict[str, Any] | None = Non
         if "prompt" not in fields or not fields["prompt"].strip():
             raise JobFileError(f"{where}: every job needs a non-empty \"prompt\"")
         merged = {**BUILTIN_DEFAULTS, **file_defaults, **(cli_defaults or {}), **fields}
+        if not isinstance(merged["attention"], str):
+            _check_config_form(merged["attention"], merged["attention_options"], where)
         jobs.append(_make_job(len(jobs), line_no, merged))
     if not jobs:
         raise JobFileError(f"{path}: no jobs found")
     return jobs
 
 
+def _check_config_form(attention: dict | list, options: dict, where: str) -> None:
+    """Build the configs of settings in config JSON form; JobFileError naming the line otherwise."""
+    from pipelines.video import attention_configs
+
+    if options:
+        raise JobFileError(f"{where}: \"attention\" holds configs in JSON form, so their options go inside "
+                           f"them, not in \"attention_options\" (got {json.dumps(options)})")
+    try:
+        attention_configs(attention)
+    except ValueError as err:
+        raise JobFileError(f"{where}: {err}") from err
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; a JobFileError naming the file, line and byte otherwise."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise JobFileError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                           f"{err.start}); jobs files are UTF-8 JSONL or CSV") from None
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip() or text.lstrip().startswith("#"):
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                reason = f"not valid JSON ({err.msg} at column {err.colno})"
-                raise JobFileError(f"{path}:{line_no}: {reason}") from err
-            if not isinstance(row, dict):
-                raise JobFileError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
+    for line_no, text in enumerate(io.StringIO(_read_text(path)), start=1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            reason = f"not valid JSON ({err.msg} at column {err.colno})"
+            raise JobFileError(f"{path}:{line_no}: {reason}") from err
+        if not isinstance(row, dict):
+            raise JobFileError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        yield line_no, row
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        unknown = set(reader.fieldnames or []) - set(FIELD_TYPES)
-        if not reader.fieldnames or unknown:
-            raise JobFileError(f"{path}:1: the CSV header must name job fields {sorted(FIELD_TYPES)}"
-                               f"{f' (unknown: {sorted(unknown)})' if unknown else ''}")
-        for row in reader:
-            line_no = reader.line_num
-            if None in row:
-                raise JobFileError(f"{path}:{line_no}: more cells than header columns")
-            yield line_no, {k: _csv_value(k, v, path, line_no) for k, v in row.items() if v not in ("", None)}
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    unknown = set(reader.fieldnames or []) - set(FIELD_TYPES)
+    if not reader.fieldnames or unknown:
+        raise JobFileError(f"{path}:1: the CSV header must name job fields {sorted(FIELD_TYPES)}"
+                           f"{f' (unknown: {sorted(unknown)})' if unknown else ''}")
+    for row in reader:
+        line_no = reader.line_num
+        if None in row:
+            raise JobFileError(f"{path}:{line_no}: more cells than header columns")
+        yield line_no, {k: _csv_value(k, v, path, line_no) for k, v in row.items() if v not in ("", None)}
 
 
 def _csv_value(key: str, text: str, path: Path, line_no: int) -> Any:
+    json_cell = key == "attention_options" or (key == "attention" and text.lstrip()[:1] in ("{", "["))
     try:
-        if key == "attention_options":
+        if json_cell:
             return json.loads(text)
         if key in ("guidance", "fps"):
             return float(text)
         if FIELD_TYPES[key] == (int,):
             return int(text)
     except ValueError as err:
-        raise JobFileError(f"{path}:{line_no}: column {key!r} has {text!r}, not a "
-                           f"{'JSON object' if key == 'attention_options' else 'number'}") from err
+        raise JobFileError(f"{path}:{line_no}: column {key!r} has {text!r}, not "
+                           f"{'valid JSON' if json_cell else 'a number'}") from err
     return text
 
 
@@ -317,6 +352,11 @@ def cli_defaults(args: argparse.Namespace) -> dict[str, Any]:
               "base_seed": args.base_seed}
     if args.size is not None:
         values["width"], values["height"] = _parse_size(args.size, "--size")
+    if args.attention is not None and args.attention.lstrip()[:1] in ("{", "["):  # config JSON form
+        try:
+            values["attention"] = json.loads(args.attention)
+        except json.JSONDecodeError as err:
+            raise JobFileError(f"--attention is not valid JSON: {err.msg} at column {err.colno}") from err
     if args.attention_options is not None:
         try:
             values["attention_options"] = json.loads(args.attention_options)
@@ -404,7 +444,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance", type=float)
     g.add_argument("--negative-prompt")
-    g.add_argument("--attention", help="dense | tile_sparse | sage | tile_sparse+sage")
+    g.add_argument("--attention", help="dense | tile_sparse | sage | tile_sparse+sage, or technique settings "
+                   "in config JSON form: '{\"__type__\": \"TileSparseConfig\", \"k\": 2}' or a list of them")
     g.add_argument("--attention-options", help="JSON object of the technique's options")
     g.add_argument("--fps", type=float)
     g.add_argument("--base-seed", type=int, help="seed of job i is base_seed + i unless the job sets seed")
@@ -440,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     # cpu=True is required on CPU-only machines: without it torchrun ranks each see world=1 and all
-    # render every job (diffusers-integration brief section 13)
+    # render every job
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=args.timeout_hours))
     out = Path(args.output)
     with contextlib.ExitStack() as held:  # rank 0's run lock, released when the run ends
@@ -456,15 +497,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_plan(state, plan, mine, gather_object)
         stats = _run_shard(args, state, mine, out)
         all_stats = gather_object([stats])  # also a barrier: every rank has finished its shard
+        load_errors = sorted({s["load_error"] for s in all_stats if "load_error" in s})
         if state.is_main_process:
-            print(json.dumps(_summarize(args, plan, all_stats, out), sort_keys=True), flush=True)
+            if load_errors:
+                print(f"error: {'; '.join(load_errors)}", file=sys.stderr, flush=True)
+            else:
+                print(json.dumps(_summarize(args, plan, all_stats, out), sort_keys=True), flush=True)
         state.wait_for_everyone()  # nobody exits (and makes a launcher stop the others) before the summary
+    if load_errors:
+        return 2
     return 1 if sum(s["failed"] for s in all_stats) else 0
 
 
 def _prepare(args: argparse.Namespace, out: Path, held: contextlib.ExitStack) -> Plan:
     """Rank 0: read the jobs, lock the folder, plan, clean up after a crash; errors become plan.error."""
     try:
+        if args.model is not None:
+            from pipelines.video import check_model_source
+
+            check_model_source(args.model)  # a missing folder stops here (a hub id is checked on load)
         jobs = read_jobs(args.jobs, cli_defaults(args))  # a malformed line stops here, nothing written
         if args.dry_run:
             return make_plan(args, jobs, _model_name(args))
@@ -506,7 +557,12 @@ def _run_shard(args: argparse.Namespace, state: Any, mine: list[Job], out: Path)
     auto = torch.bfloat16 if state.device.type == "cuda" else torch.float32
     dtype = {"auto": auto, "float32": torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16}[args.dtype]
-    model = load_video_pipeline(_model_name(args) if args.model else None, device=state.device, dtype=dtype)
+    name = _model_name(args) if args.model else None
+    try:
+        model = load_video_pipeline(name, device=state.device, dtype=dtype)
+    except ValueError as err:  # e.g. a hub id that does not exist: no job can run on this rank
+        stats["load_error"] = str(err)
+        return stats
     stats["load_s"] = time.perf_counter() - start
     steps_bar: dict | bool = (False if args.no_progress else
                               {"position": 2 * local + 1, "desc": f"rank {rank} steps", "leave": False})

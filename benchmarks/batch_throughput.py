@@ -36,8 +36,10 @@ def run_batch(processes: int, jobs_file: Path, out: Path, model: str) -> dict:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"batch run with {processes} process(es) failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0:  # the app's own "error:" lines say why; else the end of its log
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        raise SystemExit(f"batch run with {processes} process(es) failed:\n"
+                         + ("\n".join(errors) if errors else proc.stderr[-3000:]))
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     return {**summary, "launch_wall_s": wall}
 
@@ -46,7 +48,7 @@ def digests(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.mp4"))}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="CI size: 8 jobs, 5 frames, 32x32, 2 steps")
     p.add_argument("--jobs", type=int, default=24)
@@ -54,7 +56,14 @@ def main() -> None:
     p.add_argument("--size", default="64x64")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--model", default=None, help="pipeline folder or hub id (default: tiny random Wan)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.model is not None:
+        from pipelines.video import check_model_source
+
+        try:
+            check_model_source(args.model)
+        except ValueError as err:
+            p.exit(2, f"error: {err}\n")
     if args.quick:
         args.jobs, args.frames, args.size, args.steps = 8, 5, "32x32", 2
 

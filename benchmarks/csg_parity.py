@@ -68,7 +68,7 @@ def check_loss_case(meta: dict, tensors: dict) -> dict[str, float]:
     sel_err = 0.0
     for name, var in meta["variants"].items():
         p = var["params"]
-        params = SamplingParams(topk_coef=p["topk_coef"], keep=p["dropout"], margin=p["margin"])
+        params = SamplingParams(topk_coef=p["topk_coef"], keep_fraction=p["dropout"], margin=p["margin"])
         terms = csg_loss(tensors["cross_attn"], tensors["self_attn"], masks, groups, params, weights,
                          recorded_perms(tensors, name))
         ours = {"intra_terms": terms.intra, "inter_terms": terms.inter, "self_terms": terms.self_,

@@ -10,11 +10,14 @@ guidance / full CSG (same initial noise), detects objects with the shapes detect
 The last line is one JSON object: {"methods": {...}, "time_ratio_full_vs_unguided": ...}.
 
     python benchmarks/layout_eval.py --seeds 4                     # default cases, assets/shapes-sd
+    python benchmarks/layout_eval.py --cases benchmarks/cases/layout_heldout.json --seeds 4
     python benchmarks/layout_eval.py --quick
-    python benchmarks/layout_eval.py --layout-params '{"scale_factor": 20}'   # override tuned params
+    python benchmarks/layout_eval.py --layout-params '{"scale_factor": 20}'   # override the model's
 
-The case file is a list of cases, or {"layout_params": {...}, "sampling": {...}, "cases": [...]} where
-``layout_params`` are the LayoutConfig values tuned for the model (README: "Layout control (CSG)").
+The pipeline's defaults are the model's (``<model>/attn_processors.json``: its LayoutConfig and sampling
+sections, see ``pipelines.layout_to_image.ModelSettings``). A case file is a list of cases, or
+{"cases": [...]} with optional "layout_params" / "sampling" that override the model's settings for
+that file; ``--layout-params`` and ``--steps`` override both. The JSON records the values used.
 """
 
 from __future__ import annotations
@@ -27,21 +30,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from pipelines.layout_to_image import LayoutToImagePipeline, draw_boxes  # noqa: E402
+from pipelines.layout_to_image import (  # noqa: E402
+    SAMPLING_DEFAULTS,
+    LayoutToImagePipeline,
+    check_layout_params,
+    draw_boxes,
+)
 from worlds.shapes.detector import box_iou, detect  # noqa: E402
 
 METHODS = {"unguided": "none", "redistribution": "redistribution", "guidance": "guidance", "full": "full"}
-DEFAULT_CASES = ROOT / "benchmarks" / "cases" / "layout_default.json"
+DEFAULT_CASES = ROOT / "benchmarks" / "cases" / "layout_default.json"  # the settings were tuned on these
+HELDOUT_CASES = ROOT / "benchmarks" / "cases" / "layout_heldout.json"  # never tuned on
 DEFAULT_MODEL = ROOT / "assets" / "shapes-sd"
 
 
 def load_cases(path: Path) -> tuple[list[dict], dict, dict]:
-    """(cases, layout_params, sampling) from a case file."""
-    data = json.loads(Path(path).read_text())
+    """(cases, layout_params, sampling) from a case file; ValueError naming the file on bad content."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no case file at {path}; pass --cases with a JSON file like {DEFAULT_CASES}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
     if isinstance(data, list):
         data = {"cases": data}
     cases = data.get("cases")
@@ -51,7 +67,29 @@ def load_cases(path: Path) -> tuple[list[dict], dict, dict]:
         missing = {"prompt", "phrases", "boxes"} - set(c)
         if missing:
             raise ValueError(f"{path}: case {i} lacks {sorted(missing)}")
-    return cases, dict(data.get("layout_params", {})), dict(data.get("sampling", {}))
+    params = dict(data.get("layout_params", {}))
+    try:
+        check_layout_params(params)
+    except ValueError as err:
+        raise ValueError(f"{path}: layout_params: {err}") from None
+    return cases, params, dict(data.get("sampling", {}))
+
+
+def parse_layout_params(text: str) -> dict:
+    """The ``--layout-params`` JSON object; ValueError saying what is wrong with it."""
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--layout-params {text!r} is not valid JSON ({err}); give an object like "
+                         '\'{"scale_factor": 1.0, "iterations": 5}\'') from None
+    if not isinstance(params, dict):
+        raise ValueError(f"--layout-params {text!r} must be a JSON object of LayoutConfig values, "
+                         'like \'{"scale_factor": 1.0}\'')
+    try:
+        check_layout_params(params)
+    except ValueError as err:
+        raise ValueError(f"--layout-params: {err}") from None
+    return params
 
 
 def parse_phrase(phrase: str) -> tuple[str, str]:
@@ -80,14 +118,15 @@ def score(image: np.ndarray, phrases: list[str], boxes: list[list[float]],
 def evaluate(pipe: LayoutToImagePipeline, cases: list[dict], seeds: range, params: dict, sampling: dict,
              methods: list[str], save: Path | None = None) -> dict:
     """Score every method on every (case, seed). Methods run interleaved per (case, seed), so a
-    loaded machine slows them alike and the time ratio stays fair."""
-    steps = int(sampling.get("num_inference_steps", 20))
-    cfg = float(sampling.get("guidance_scale", 7.5))
+    loaded machine slows them alike and the time ratio stays fair. ``params`` and ``sampling``
+    override the pipeline's (the model's) defaults."""
+    steps, cfg = sampling.get("num_inference_steps"), sampling.get("guidance_scale")
     c0 = cases[0]
     pipe(c0["prompt"], boxes=c0["boxes"], phrases=c0["phrases"], mode="full", num_inference_steps=2,
          guidance_scale=cfg, layout_params=params, generator=torch.Generator().manual_seed(0))  # warm-up
     acc: dict[str, dict[str, list]] = {m: {"ious": [], "colour": [], "all_hit": [], "secs": []}
                                        for m in methods}
+    bar = tqdm(total=len(cases) * len(seeds), desc="layout_eval", unit="case x seed")
     for ci, case in enumerate(cases):
         for seed in seeds:
             for method in methods:
@@ -105,6 +144,8 @@ def evaluate(pipe: LayoutToImagePipeline, cases: list[dict], seeds: range, param
                 if save is not None:
                     big = out.images[0].resize((256, 256), 0)
                     draw_boxes(big, case["boxes"], case["phrases"]).save(save / f"{method}_c{ci}_s{seed}.png")
+            bar.update()
+    bar.close()
     results = {}
     for method, a in acc.items():
         arr, col = np.array(a["ious"]), np.array(a["colour"])
@@ -127,15 +168,24 @@ def main(argv: list[str] | None = None) -> int:
                          "the reported 0..N-1")
     ap.add_argument("--quick", action="store_true", help="2 cases, 1 seed (CI-sized)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
-    ap.add_argument("--layout-params", default="{}", help="JSON overrides of the case file's layout_params")
-    ap.add_argument("--steps", type=int, default=None, help="override sampling.num_inference_steps")
+    ap.add_argument("--layout-params", default="{}",
+                    help="JSON object of LayoutConfig values overriding the model's and the case file's")
+    ap.add_argument("--steps", type=int, default=None, help="override the number of denoising steps")
     ap.add_argument("--save", type=Path, default=None, help="folder for PNGs with boxes drawn")
+    ap.add_argument("--out", type=Path, default=None, help="also write the final JSON object to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not (args.model / "model_index.json").is_file():
         raise SystemExit(f"no Diffusers pipeline at {args.model}; train/export it or pass --model PATH")
-    cases, params, sampling = load_cases(args.cases)
-    params.update(json.loads(args.layout_params))
+    if args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: give at least 1 seed")
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps {args.steps}: give a positive number of denoising steps")
+    try:
+        cases, params, sampling = load_cases(args.cases)
+        params.update(parse_layout_params(args.layout_params))
+    except ValueError as err:
+        ap.error(str(err))
     if args.steps:
         sampling["num_inference_steps"] = args.steps
     seeds = range(args.seed_offset, args.seed_offset + (1 if args.quick else args.seeds))
@@ -150,12 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     pipe = LayoutToImagePipeline.from_pretrained(args.model, dtype=torch.float32, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     res = evaluate(pipe, cases, seeds, params, sampling, methods, args.save)
+    used_params = {**pipe.settings.layout, **params}
+    used_sampling = {**SAMPLING_DEFAULTS, **pipe.settings.sampling, **sampling}
+    source = str(pipe.settings.source) if pipe.settings.source else "LayoutConfig defaults"
     ratio = None
     if "full" in res and "unguided" in res:
         ratio = res["full"]["seconds_per_image"] / res["unguided"]["seconds_per_image"]
-    print(json.dumps({"methods": res, "time_ratio_full_vs_unguided": ratio, "model": str(args.model),
-                      "cases": len(cases), "seeds": len(seeds), "seed_offset": args.seed_offset,
-                      "layout_params": params, "sampling": sampling}))
+    summary = {"methods": res, "time_ratio_full_vs_unguided": ratio, "model": str(args.model),
+               "cases": len(cases), "seeds": len(seeds), "seed_offset": args.seed_offset,
+               "case_file": str(args.cases), "layout_params": used_params, "sampling": used_sampling,
+               "model_settings": source, "overrides": {"layout_params": params, "sampling": sampling}}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
     return 0
 
 

@@ -12,9 +12,9 @@ scores each image:
 * shape accuracy: fraction of requested objects whose colour is present with the requested shape;
 * count accuracy: as many objects detected as requested.
 
-Cross-attention localisation (method of the project brief) over the first ``--attn-images``
-images: per attn2 layer, each colour word's map (summed over steps, conditional branch) upsampled to
-the image, vs the detected box of that colour: mass-in-box / box-area-share and peak-in-box rate.
+Cross-attention localisation over the first ``--attn-images`` images: per attn2 layer, each colour
+word's map (summed over steps, conditional branch) upsampled to the image, vs the detected box of
+that colour: mass-in-box / box-area-share and peak-in-box rate. One progress bar counts the images.
 The last line is one JSON object.
 """
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from worlds.shapes.attention_check import (  # noqa: E402
     AttentionTally,
@@ -72,6 +73,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float,
     jobs = [(p, s) for p in prompts for s in seeds]
     images: list[np.ndarray] = []
     seconds = 0.0
+    bar = tqdm(total=len(jobs), desc="shapes_eval", unit="image")  # the pipeline's own bars are off
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
         probe = tally is not None and tally.images < attn_images
@@ -90,6 +92,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float,
             chunk_prompts = [p for p, _ in chunk][:keep]
             tally.add({k: v[:keep] for k, v in acc.maps.items()}, batch_images[:keep], chunk_prompts)
         images.extend(batch_images)
+        bar.update(len(chunk))
+    bar.close()
     return images, seconds
 
 
@@ -132,10 +136,23 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="CI size: 12+12 prompts, 6 triples, 12 attn images")
     args = p.parse_args(argv)
+    for name in ("steps", "batch", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)}: give a positive integer")
+    for name in ("single", "double", "triple", "attn_images"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give 0 or more")
+    if args.cfg < 0:
+        p.error(f"--cfg {args.cfg}: give a guidance scale >= 0 (<= 1 turns classifier-free guidance off)")
     torch.set_num_threads(args.threads)
     if args.quick:
         args.single, args.double, args.triple, args.attn_images = 12, 12, 6, 12
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2")
+    if not seeds:
+        p.error("--seeds is empty: give at least one seed, e.g. --seeds 0")
     if args.prompts:
         path = Path(args.prompts)
         text = path.read_text() if path.exists() else args.prompts.replace(";", "\n")

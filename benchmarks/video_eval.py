@@ -2,7 +2,8 @@
 the frame-tile structure of its 3D self-attention; optionally a technique against dense attention.
 
     python benchmarks/video_eval.py --quick
-    python benchmarks/video_eval.py --attention tile_sparse --quick
+    python benchmarks/video_eval.py --attention tile_sparse --attention-options '{"k": 2}' --quick
+    python benchmarks/video_eval.py --attention '{"__type__": "TileSparseConfig", "k": 2}' --quick
     python benchmarks/video_eval.py --model assets/moving-shapes-wan --num 40 --two-object 20
 
 Videos are generated in one batched WanPipeline call per prompt set, each prompt with its own fixed
@@ -10,17 +11,22 @@ seed (generator list), scored per frame by worlds.moving_shapes.detect. ``diagon
 is measured on the dense model with a read-only attn1 probe (video_attention.FrameTileProbe): mean
 attention mass on the query's own latent frame over the uniform share 1/F, per layer and averaged,
 over every denoising step and CFG branch. With ``--attention X`` the same prompts and seeds are
-generated again under ``attn_processors.core.install.apply(pipe, config)`` (the config that
-``pipelines.video.attention_config`` builds) and compared per frame (PSNR vs the dense video).
-The last printed line is one JSON object.
+generated again under ``attn_processors.core.install.apply(pipe, *configs)`` and compared per frame
+(PSNR vs the dense video). X is a technique name (options in ``--attention-options``) or technique
+settings in config JSON form, as ``config_to_json`` writes them (one object, or a list to compose);
+``pipelines.video.attention_configs`` builds the configs either way. The last printed line is one JSON
+object; bad arguments end in one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from attn_processors.core.install import apply  # noqa: E402
+from attn_processors.core.registry import config_to_json  # noqa: E402
+from pipelines.video import attention_configs, check_request, describe_attention  # noqa: E402
 from worlds.moving_shapes.attention_check import install_probes  # noqa: E402
 from worlds.moving_shapes.data import eval_prompts  # noqa: E402
 from worlds.moving_shapes.detect import score_video  # noqa: E402
@@ -37,12 +46,39 @@ from worlds.moving_shapes.detect import score_video  # noqa: E402
 DEFAULT_MODEL = ROOT / "assets" / "moving-shapes-wan"
 
 
-def technique_config(spec: str, options: dict | None = None):
-    """None for 'dense', else the technique config pipelines.video builds for the same name
-    ('tile_sparse', 'sage', 'tile_sparse+sage'); raises ValueError naming what is unavailable."""
-    from pipelines.video import attention_config
+def parse_attention(text: str, options_text: str) -> tuple[str | dict | list, dict]:
+    """`--attention` as a technique name or config JSON text, and the options of a name; ValueError
+    naming the flag when either is not valid JSON."""
+    spec: str | dict | list = text
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--attention is not valid JSON: {err.msg} at column {err.colno}") from err
+    try:
+        options = json.loads(options_text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--attention-options is not valid JSON: {err.msg} at column {err.colno}") from err
+    if not isinstance(options, dict):
+        raise ValueError(f"--attention-options must be a JSON object, e.g. '{{\"k\": 2}}' "
+                         f"(got {options_text})")
+    return spec, options
 
-    return attention_config(spec, options)
+
+def check_calibratable(configs: tuple) -> None:
+    """ValueError unless some config takes a calibrated tile plan (a `plan` field: tile-sparse)."""
+    if not any(_takes_plan(c) for c in configs):
+        raise ValueError("--calibrate needs a tile-sparse technique (a config with a `plan` field); got "
+                         f"{', '.join(type(c).__name__ for c in configs) or 'dense'}")
+
+
+def with_plan(configs: tuple, plan: str) -> tuple:
+    """The configs with the calibrated tile plan set on every config that takes one."""
+    return tuple(dataclasses.replace(c, plan=plan) if _takes_plan(c) else c for c in configs)
+
+
+def _takes_plan(config) -> bool:
+    return "plan" in {f.name for f in dataclasses.fields(config)}
 
 
 def calibrate_plan(
@@ -70,14 +106,36 @@ def load_pipeline(model: Path, device: str):
 
     if not (Path(model) / "model_index.json").exists():
         raise ValueError(f"{model} is not a saved WanPipeline folder (no model_index.json); export one first")
-    pipe = WanPipeline.from_pretrained(model).to(device)
+    with quiet_loading():
+        pipe = WanPipeline.from_pretrained(model).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespace) -> np.ndarray:
-    """(N, T, H, W, 3) uint8 videos, generated in batches with one fixed seed per prompt."""
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No Diffusers/Transformers loading bars (a second's work): the eval shows one bar, over prompts."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in was:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, enabled in was:
+            if enabled:
+                module.enable_progress_bar()
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespace, desc: str) -> np.ndarray:
+    """(N, T, H, W, 3) uint8 videos, generated in batches with one fixed seed per prompt; one progress
+    bar over the prompts (the pipeline's own bars are off)."""
+    from tqdm.auto import tqdm
+
     out = []
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=args.no_progress)
     for i in range(0, len(prompts), args.batch):
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[i : i + args.batch]]
         res = pipe(
@@ -92,6 +150,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], args: argparse.Namespac
             output_type="np",
         )
         out.append(np.clip(np.rint(np.asarray(res.frames) * 255), 0, 255).astype(np.uint8))
+        bar.update(len(gens))
+    bar.close()
     return np.concatenate(out)
 
 
@@ -116,7 +176,7 @@ def measure_diagonal_tiles(
     frames = (args.frames - 1) // pipe.vae_scale_factor_temporal + 1
     probes = install_probes(transformer, frames=frames, record=True)
     try:
-        generate(pipe, prompts, seeds, args)
+        generate(pipe, prompts, seeds, args, "attention probe")
     finally:
         transformer.set_attn_processor(saved)
     return [float(torch.cat(p.history).mean()) * frames for p in probes]
@@ -125,7 +185,9 @@ def measure_diagonal_tiles(
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--attention", default="dense", help="dense | tile_sparse | sage | tile_sparse+sage")
+    p.add_argument("--attention", default="dense", help="dense | tile_sparse | sage | tile_sparse+sage, "
+                   "or technique settings in config JSON form: '{\"__type__\": \"TileSparseConfig\", ...}' "
+                   "or a list of them")
     p.add_argument("--quick", action="store_true", help="12 one-object + 4 two-object prompts, 12 steps")
     p.add_argument("--num", type=int, default=40, help="one-object prompts")
     p.add_argument("--two-object", type=int, default=20, help="two-object prompts")
@@ -137,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--max-sequence-length", type=int, default=512, help="WanPipeline default; training matches it"
     )
-    p.add_argument("--attention-options", default="{}", help="JSON options of the technique's config")
+    p.add_argument("--attention-options", default="{}", help="JSON options of the named technique's config")
     p.add_argument("--calibrate", type=int, default=0,
                    help="tile_sparse: calibrate a per-layer k plan on this many other prompts first")
     p.add_argument("--target-recall", type=float, default=0.9, help="calibration recall target")
@@ -145,23 +207,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", type=Path, default=None, help="write the generated clips here (npz)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar over prompts")
     args = p.parse_args(argv)
     if args.quick:
         args.num, args.two_object, args.steps = 12, 4, 12
-    options = json.loads(args.attention_options)
-    config = technique_config(args.attention, options)  # fail fast on an unknown technique or option
-    if args.calibrate and not args.attention.startswith("tile_sparse"):
-        raise ValueError("--calibrate applies to --attention tile_sparse or tile_sparse+sage")
+    spec, options = parse_attention(args.attention, args.attention_options)
+    configs = attention_configs(spec, options)  # fail fast on an unknown technique or option
+    if args.calibrate:
+        check_calibratable(configs)
     pipe = load_pipeline(args.model, args.device)
+    check_request(pipe, num_frames=args.frames, height=args.size, width=args.size,
+                  num_inference_steps=args.steps, guidance_scale=args.guidance)
     calibration = None
     if args.calibrate:
         calibration = calibrate_plan(pipe, args.calibrate, args.target_recall, args.plan_out, args)
-        if args.attention == "tile_sparse":
-            options = {**options, "plan": calibration["plan"]}
-        else:
-            inner = {**options.get("tile_sparse", {}), "plan": calibration["plan"]}
-            options = {**options, "tile_sparse": inner}
-        config = technique_config(args.attention, options)
+        configs = with_plan(configs, calibration["plan"])
 
     one = eval_prompts(args.num, num_objects=1, seed=args.seed)
     two = eval_prompts(args.two_object, num_objects=2, seed=args.seed + 1) if args.two_object else []
@@ -170,11 +230,11 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [args.seed * 100_003 + i for i in range(len(items))]
 
     t0 = time.perf_counter()
-    dense = generate(pipe, prompts, seeds, args)
+    dense = generate(pipe, prompts, seeds, args, "dense")
     sec_dense = (time.perf_counter() - t0) / len(items)
     result: dict = {
         "model": str(args.model),
-        "attention": args.attention,
+        "attention": describe_attention(spec),
         "prompts_one": len(one),
         "prompts_two": len(two),
         "steps": args.steps,
@@ -183,16 +243,15 @@ def main(argv: list[str] | None = None) -> dict:
         "size": args.size,
         "device": args.device,
         "attention_options": options,
+        "configs": json.loads(config_to_json(list(configs))),  # what ran, calibrated plan included
     }
     if calibration is not None:
         result["calibration"] = calibration
     videos, sec = dense, sec_dense
-    if config is not None:
-        from attn_processors.core.install import apply
-
-        with apply(pipe, config):
+    if configs:
+        with apply(pipe, *configs):
             t0 = time.perf_counter()
-            videos = generate(pipe, prompts, seeds, args)
+            videos = generate(pipe, prompts, seeds, args, "technique")
             sec = (time.perf_counter() - t0) / len(items)
         result["psnr_vs_dense"] = round(frame_psnr(videos, dense), 2)
         result["seconds_per_video_dense"] = round(sec_dense, 4)
@@ -216,5 +275,15 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: bad arguments print one `error:` line (no traceback), exit 2."""
+    try:
+        main(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

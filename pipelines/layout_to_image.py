@@ -5,6 +5,12 @@
                boxes=[(0.05, 0.1, 0.45, 0.5), (0.55, 0.5, 0.95, 0.9)], generator=torch.manual_seed(0))
     out.images[0].save("layout.png")
 
+Defaults tuned for a model travel with it: ``from_pretrained`` (and ``from_pipe``) read
+``<model folder>/attn_processors.json`` (:class:`ModelSettings`), whose "LayoutConfig" and "sampling"
+sections become this pipeline's defaults; ``layout_params=``, ``num_inference_steps=`` and
+``guidance_scale=`` override them per call. Without the file: LayoutConfig's defaults (the paper's,
+for SD-1.4) and Stable Diffusion's 50 steps at guidance 7.5.
+
 The denoising loop below reads top to bottom: for the first ``guided_steps`` steps, ``iterations``
 cond-only UNet forwards with autograd on the latent and a gradient step on the CSG loss; then the
 usual CFG step, during which the layout layers redistribute cross-attention into the boxes.
@@ -16,9 +22,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 import PIL.Image
@@ -52,13 +62,97 @@ def frozen_parameters(module: torch.nn.Module):
             p.requires_grad_(True)
 
 
+# -- settings shipped with a model ----------------------------------------------------------------
+SETTINGS_FILE = "attn_processors.json"
+SAMPLING_DEFAULTS: dict[str, Any] = {"num_inference_steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's
+PER_LAYOUT_FIELDS = ("boxes", "token_groups", "phrases")  # given per call, never a model default
+LAYOUT_PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LayoutConfig)
+                           if f.name not in PER_LAYOUT_FIELDS)
+
+
+def check_layout_params(params: Mapping[str, Any]) -> None:
+    """ValueError naming a key that is no LayoutConfig parameter, or a value LayoutConfig rejects."""
+    unknown = sorted(set(params) - set(LAYOUT_PARAM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown LayoutConfig parameters {unknown}; use some of {list(LAYOUT_PARAM_NAMES)}")
+    try:  # the values, checked by LayoutConfig itself on a one-box layout
+        LayoutConfig(boxes=((0.0, 0.0, 1.0, 1.0),), token_groups=((1,),), **params)
+    except TypeError as err:  # e.g. a string where a number belongs
+        raise ValueError(f"LayoutConfig parameters {dict(params)}: {err}") from None
+
+
+def check_sampling(num_inference_steps: Any, guidance_scale: Any) -> None:
+    """ValueError naming a step count that is not a positive integer or a guidance scale that is no number."""
+    steps = num_inference_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps={num_inference_steps!r}; give a positive integer number of "
+                         "denoising steps, e.g. num_inference_steps=20")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) \
+            or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale={guidance_scale!r}; give a finite number (<= 1 turns "
+                         "classifier-free guidance off), e.g. guidance_scale=7.5")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Settings tuned for one model, shipped in its folder as ``attn_processors.json``::
+
+        {"description": "where the numbers came from",
+         "sampling": {"num_inference_steps": 20, "guidance_scale": 4.0},
+         "LayoutConfig": {"scale_factor": 1.0, "guided_steps": 2, "iterations": 17}}
+
+    One section per technique, named after its config class, so other techniques add theirs beside
+    it; this pipeline reads "sampling" and "LayoutConfig" and ignores the others. ``source`` is the
+    file read (None: no file, the built-in defaults).
+    """
+
+    layout: Mapping[str, Any] = field(default_factory=dict)
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> ModelSettings:
+        """The settings in ``folder``/attn_processors.json; the built-in defaults when there is none."""
+        path = Path(folder) / SETTINGS_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); fix it, or delete it to use the "
+                             "LayoutConfig defaults") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object with sections such as "
+                             f'{{"LayoutConfig": {{...}}, "sampling": {{...}}}}, got {type(data).__name__}')
+        layout, sampling = data.get("LayoutConfig", {}), data.get("sampling", {})
+        try:
+            for name, section in (("LayoutConfig", layout), ("sampling", sampling)):
+                if not isinstance(section, dict):
+                    raise ValueError(f'section "{name}" must be a JSON object, got {type(section).__name__}')
+            unknown = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
+            if unknown:
+                raise ValueError(f'unknown "sampling" keys {unknown}; use some of {list(SAMPLING_DEFAULTS)}')
+            check_layout_params(layout)
+            check_sampling(**{**SAMPLING_DEFAULTS, **sampling})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        return cls(layout=dict(layout), sampling=dict(sampling), source=path)
+
+
 Mode = Literal[
     "full",  # latent guidance + attention redistribution (CSG)
     "guidance",  # latent guidance only
     "redistribution",  # attention redistribution only
     "none",  # plain Stable Diffusion (processors installed but inactive when boxes are given)
 ]
-MODES = ("full", "guidance", "redistribution", "none")
+MODES: tuple[str, ...] = get_args(Mode)
+OutputType = Literal[
+    "pil",  # list of PIL images
+    "np",  # (B, H, W, 3) float array in [0, 1]
+    "pt",  # (B, 3, H, W) float tensor in [0, 1]
+    "latent",  # the final latent, not decoded
+]
+OUTPUT_TYPES: tuple[str, ...] = get_args(OutputType)
 
 
 @dataclass
@@ -85,6 +179,36 @@ class LayoutToImagePipeline(DiffusionPipeline):
                               scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.settings = ModelSettings()  # the model folder's, once loaded with from_pretrained/from_pipe
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """``DiffusionPipeline.from_pretrained``; the folder's ``attn_processors.json`` gives the defaults."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe._read_model_folder()
+        return pipe
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> Any:
+        """``DiffusionPipeline.from_pipe``, with the settings of the folder ``pipeline`` was loaded from."""
+        pipe = super().from_pipe(pipeline, **kwargs)
+        pipe._read_model_folder()
+        return pipe
+
+    def _read_model_folder(self) -> None:
+        """Settings from a local model folder (hub ids: built-in defaults); the shapes model's
+        closed-vocabulary tokenizer is swapped for one that refuses words outside its vocabulary."""
+        folder = self.name_or_path
+        if not folder or not Path(folder).is_dir():
+            return
+        self.settings = ModelSettings.read(folder)
+        tok = self.tokenizer
+        if tok is not None and len(tok) < 1000 and (Path(folder) / "tokenizer").is_dir():  # a toy vocabulary
+            from worlds.shapes.pipeline import is_shapes_tokenizer
+            from worlds.shapes.tokenizer import VocabCheckedTokenizer
+
+            if is_shapes_tokenizer(tok) and not isinstance(tok, VocabCheckedTokenizer):
+                self.tokenizer = VocabCheckedTokenizer.from_pretrained(Path(folder) / "tokenizer")
 
     @property
     def is_xl(self) -> bool:
@@ -111,11 +235,18 @@ class LayoutToImagePipeline(DiffusionPipeline):
     def layout_config(self, prompt: str, phrases: Sequence[str], boxes: Sequence[Sequence[float]], *,
                       boxes_in_pixels: bool = False, image_hw: tuple[int, int] | None = None,
                       **params: Any) -> LayoutConfig:
-        """LayoutConfig for this pipeline's tokenizer; pixel boxes need boxes_in_pixels=True + image_hw."""
+        """LayoutConfig for this pipeline's tokenizer: the model's settings, then ``params``.
+
+        Pixel boxes need boxes_in_pixels=True + image_hw."""
+        if isinstance(phrases, str):
+            raise ValueError(f"phrases={phrases!r} is one string; give a list with one phrase per box, "
+                             f"e.g. phrases=[{phrases!r}]")
+        check_layout_params(params)
         if boxes_in_pixels:
             if image_hw is None:
                 raise ValueError("boxes_in_pixels=True needs the image size image_hw=(height, width)")
             boxes = normalise_boxes(boxes, image_hw)
+        params = {**self.settings.layout, **params}
         return LayoutConfig.from_phrases(self.tokenizer, prompt, phrases, boxes, **params)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -133,26 +264,35 @@ class LayoutToImagePipeline(DiffusionPipeline):
         negative_prompt: str | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
-        output_type: str = "pil",
+        output_type: OutputType = "pil",
         return_attention_maps: bool = False,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
     ) -> LayoutOutput:
         """Generate with the layout given by ``phrases`` + normalised xyxy ``boxes`` (or ``layout=``).
 
-        ``layout_params`` overrides LayoutConfig fields (e.g. {"scale_factor": 20.0, "n_background": 1}).
+        ``layout_params`` overrides LayoutConfig fields (e.g. {"scale_factor": 20.0, "n_background": 1})
+        over the model's settings (``self.settings``); so do ``num_inference_steps`` and
+        ``guidance_scale`` (None: the model's, else 50 and 7.5).
         """
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; use one of {MODES}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; use one of {OUTPUT_TYPES}")
         if not isinstance(prompt, str):
             raise ValueError("prompt must be one string (a layout belongs to one prompt)")
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        sampling = {**SAMPLING_DEFAULTS, **self.settings.sampling}
+        if num_inference_steps is None:
+            num_inference_steps = sampling["num_inference_steps"]
+        if guidance_scale is None:
+            guidance_scale = sampling["guidance_scale"]
+        check_sampling(num_inference_steps, guidance_scale)
+        height, width = self._check_size("height", height), self._check_size("width", width)
         device = self._execution_device
         if layout is None and (boxes is not None or phrases is not None):
             if boxes is None or phrases is None:
@@ -238,6 +378,18 @@ class LayoutToImagePipeline(DiffusionPipeline):
         return LayoutOutput(images=images, losses=losses, attention_maps=maps)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _check_size(self, name: str, value: int | None) -> int:
+        """The image side in pixels: the model's default for None, else a positive multiple of the
+        VAE's downscale factor."""
+        f = self.vae_scale_factor
+        default = self.unet.config.sample_size * f
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % f:
+            raise ValueError(f"{name}={value!r}; give a positive multiple of {f} pixels (the VAE's downscale "
+                             f"factor), e.g. {name}={default}, or leave it out for the model's {default}")
+        return value
+
     def _added_cond(self, pooled, pooled_u, n, height, width, do_cfg, dtype, device):
         """SDXL micro-conditioning (denoise batch, cond-only batch); (None, None) for SD 1.x/2.x."""
         if not self.is_xl:
@@ -308,7 +460,7 @@ def draw_boxes(image: PIL.Image.Image, boxes: Sequence[Sequence[float]], labels:
 
 def layout_panel(pipe: LayoutToImagePipeline, prompt: str, phrases: Sequence[str],
                  boxes: Sequence[Sequence[float]], *, seed: int = 0, mode: Mode = "full",
-                 num_inference_steps: int = 20, guidance_scale: float = 7.5, size: int = 256,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None, size: int = 256,
                  layout_params: dict[str, Any] | None = None) -> PIL.Image.Image:
     """Side-by-side panel: unguided (left) vs layout-controlled (right) from the same seed, boxes drawn.
 

@@ -16,6 +16,11 @@ Example (runs offline; without the shipped model a tiny random-weights Wan is bu
     >>> write_mp4(out.frames, "/tmp/video.mp4", fps=8)     # doctest: +ELLIPSIS
     PosixPath('/tmp/video.mp4')
 
+Technique settings come in two forms (`attention_configs`): a name from ATTENTION_CHOICES with
+`attention_options` (the fields of that technique's config), or the config JSON form the whole toolkit
+shares (`attn_processors.core.registry.config_to_json`), e.g.
+`{"__type__": "TileSparseConfig", "k": 2}`, or a list of such objects to compose several techniques.
+
 Composition rule for `"tile_sparse+sage"`: the tile-sparse technique decides *which* key tiles each
 query tile attends to (the k:(F-k) mask); SageAttention decides *how* the kept tiles are computed
 (quantized QK^T and PV). Both fill the core's kernel slot and the core refuses two kernel choices on
@@ -23,9 +28,7 @@ one layer, so they compose as one kernel: `TileSparseConfig(kernel=SageConfig(..
 run on each query group's kept keys, on the layers tile-sparse handles (video self/joint attention;
 during its dense warm-up Sage runs on all keys). Cross-attention stays stock. The warm-up and layer
 choice are tile-sparse options; Sage's own `dense_*`/`layers` fields must stay default (ValueError
-otherwise). Options: `{"tile_sparse": {...}, "sage": {...}}`. Where TileSparseConfig has no `kernel`
-field this raises ValueError naming the missing piece (never a silent dense or single-technique
-fallback).
+otherwise). Options: `{"tile_sparse": {...}, "sage": {...}}`.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,8 +48,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from attn_processors.core.install import apply
+from attn_processors.core.registry import config_from_data, config_to_json, config_type, installer_for
+
 Attention = Literal["dense", "tile_sparse", "sage", "tile_sparse+sage"]
 ATTENTION_CHOICES: tuple[str, ...] = ("dense", "tile_sparse", "sage", "tile_sparse+sage")
+# the config type each technique name builds from its options (looked up in the config registry)
+NAMED_CONFIGS: dict[str, str] = {"tile_sparse": "TileSparseConfig", "sage": "SageConfig"}
+# a name, or technique settings in config JSON form (one object or a list), or built config objects
+AttentionSpec = Attention | Mapping[str, Any] | Sequence[Any] | Any
 Family = Literal["wan", "cogvideox"]
 # "standard": H.264 yuv420p CRF 18, plays everywhere (browsers, Gradio);
 # "lossless": H.264 RGB at QP 0 (libx264rgb), decodes to exactly the input frames (players vary).
@@ -56,6 +67,7 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "moving-shapes-wan"
 _UMASK = os.umask(0o022)  # read the process umask (the only portable way) and put it back
 os.umask(_UMASK)
 TINY_RANDOM_NAME = "tiny-wan (random weights, built from config; not a trained model)"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "owner/name", the form of every hub pipeline id
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class VideoModel:
 class VideoResult:
     frames: np.ndarray  # uint8 [F, H, W, 3]
     seed: int | None
-    attention: str
+    attention: str  # the technique name, or the configs' JSON text (see describe_attention)
     timings: dict[str, float] = field(default_factory=dict)  # total_s, denoise_s, decode_s, steps
 
 
@@ -112,16 +124,37 @@ def load_video_pipeline(model: str | os.PathLike | None = None, *, device: str |
         pipe, name, random_weights = build_tiny_wan(), TINY_RANDOM_NAME, True
     else:
         name = str(model if model is not None else DEFAULT_MODEL_DIR)
-        if Path(name).exists() and not (Path(name) / "model_index.json").is_file():
-            raise ValueError(f"{name} has no model_index.json; pass a folder written by "
-                             "pipe.save_pretrained() or a hub id.")
-        pipe, random_weights = DiffusionPipeline.from_pretrained(name, dtype=dtype), False
+        check_model_source(name)
+        try:
+            pipe, random_weights = DiffusionPipeline.from_pretrained(name, dtype=dtype), False
+        except (OSError, ValueError) as err:
+            if Path(name).exists():  # a local folder's own error (a missing weight file, ...) says enough
+                raise
+            raise ValueError(f"could not load model {name!r}: there is no such local folder, and as a hub "
+                             f"id it failed: {err}") from err
     family = video_family(pipe)
     pipe.to(device)
     if random_weights and dtype != torch.float32:  # from_pretrained already loaded in `dtype`
         pipe.to(dtype=dtype)
     pipe = eval_all(pipe)
     return VideoModel(pipe=pipe, name=name, family=family, random_weights=random_weights)
+
+
+def check_model_source(model: str | os.PathLike) -> None:
+    """ValueError unless `model` is a pipeline folder or has the form of a hub id ("owner/name").
+
+    Cheap (no download), so tools call it before any work; whether a hub id exists is only known
+    when loading it.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{model} has no model_index.json; pass a folder written by "
+                             "pipe.save_pretrained() or a hub id.")
+        return
+    if not HUB_ID.fullmatch(str(model)):
+        raise ValueError(f"model {str(model)!r}: no such folder; pass a folder written by "
+                         "pipe.save_pretrained() or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers.")
 
 
 def build_tiny_wan() -> Any:
@@ -182,35 +215,77 @@ def check_request(pipe: Any, *, num_frames: int, height: int, width: int, num_in
         raise ValueError(f"guidance_scale must be a finite number >= 0 (got {guidance_scale}).")
 
 
-def attention_config(attention: str, options: Mapping[str, Any] | None = None) -> Any | None:
-    """Technique config for `core.install.apply`, or None for dense (the stock processors)."""
-    options = dict(options or {})
+def attention_configs(attention: AttentionSpec, options: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
+    """The technique configs to install for `attention`; () for "dense" (the stock processors).
+
+    `attention` is a name from ATTENTION_CHOICES with its `options`, or technique settings in config
+    JSON form: one object `{"__type__": "TileSparseConfig", ...}`, a list of them (composed on one
+    pipeline), or config objects. Every config is checked here, before any work.
+    """
+    if isinstance(attention, str):
+        return _named_configs(attention, dict(options or {}))
+    if options:
+        raise ValueError("attention_options go with a technique name; with settings in config JSON form "
+                         f"put the options inside the config (got attention_options {sorted(options)}).")
+    if isinstance(attention, Mapping) or _is_config(attention):
+        items = [attention]
+    elif isinstance(attention, Sequence):
+        items = list(attention)
+    else:
+        raise ValueError(f"attention must be a technique name ({', '.join(ATTENTION_CHOICES)}), a config or "
+                         f"its JSON object, or a list of them (got {attention!r}).")
+    if not items:
+        raise ValueError("attention is an empty list of configs; use attention='dense' for stock attention.")
+    configs = tuple(_config_from_spec(item) for item in items)
+    for config in configs:
+        installer_for(config)  # ValueError naming the technique configs when it is not one
+    return configs
+
+
+def describe_attention(attention: AttentionSpec) -> str:
+    """A label for outputs: the technique name, or the configs' JSON text."""
+    if isinstance(attention, str):
+        return attention
+    configs = attention_configs(attention)
+    return config_to_json(configs[0] if len(configs) == 1 else list(configs))
+
+
+def _is_config(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _config_from_spec(item: Any) -> Any:
+    if _is_config(item):
+        return item
+    if not isinstance(item, Mapping) or "__type__" not in item:
+        raise ValueError('technique settings in config JSON form are objects with a "__type__" naming the '
+                         'config type, e.g. {"__type__": "TileSparseConfig", "k": 2} '
+                         f"(got {item!r}).")
+    return config_from_data(dict(item))
+
+
+def _named_configs(attention: str, options: dict[str, Any]) -> tuple[Any, ...]:
     if attention not in ATTENTION_CHOICES:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)} (got {attention!r}).")
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)} (got {attention!r}), "
+                         'or technique settings in config JSON form ({"__type__": ...}).')
     if attention == "dense":
         if options:
             raise ValueError(f"attention='dense' takes no options (got {sorted(options)}).")
-        return None
-    if attention == "tile_sparse":
-        return _make_config("tile_sparse", "TileSparseConfig", options)
-    if attention == "sage":
-        return _make_config("sage", "SageConfig", options)
-    return _compose_tile_sparse_sage(options)
+        return ()
+    if attention == "tile_sparse+sage":
+        return (_compose_tile_sparse_sage(options),)
+    return (_config_from_options(attention, options),)
 
 
-def _make_config(module: str, cls_name: str, options: dict[str, Any]) -> Any:
-    import importlib
-
-    try:
-        cls = getattr(importlib.import_module(f"attn_processors.{module}"), cls_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"attention={module!r} is not available in this install: "
-                         f"attn_processors.{module}.{cls_name} could not be imported ({err}).") from err
-    try:
-        return cls(**options)
-    except TypeError as err:  # unknown option names: say which ones exist
-        raise ValueError(f"invalid {module} attention_options {sorted(options)}: {err}. "
-                         f"See attn_processors.{module}.{cls_name} for the accepted fields.") from err
+def _config_from_options(attention: str, options: dict[str, Any], **fixed: Any) -> Any:
+    """`NAMED_CONFIGS[attention](**options, **fixed)`, unknown option names listed with the accepted ones."""
+    cls = config_type(NAMED_CONFIGS[attention])
+    accepted = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in fixed)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"invalid {attention} attention_options {sorted(options)}: {unknown} are not fields "
+                         f"of {cls.__name__}; its fields are {accepted}.")
+    return cls(**options, **fixed)
 
 
 def _compose_tile_sparse_sage(options: dict[str, Any]) -> Any:
@@ -218,36 +293,26 @@ def _compose_tile_sparse_sage(options: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError("attention='tile_sparse+sage' takes options {'tile_sparse': {...}, 'sage': {...}} "
                          f"(got unknown keys {sorted(unknown)}).")
-    tile = _make_config("tile_sparse", "TileSparseConfig", dict(options.get("tile_sparse") or {}))
-    sage = _make_config("sage", "SageConfig", dict(options.get("sage") or {}))
-    # the tile mask picks the kept keys, the Sage kernel computes attention over them: one kernel,
-    # so the tile-sparse config must accept the quantized kernel (the core refuses two kernel choices)
-    if "kernel" in {f.name for f in dataclasses.fields(tile)}:
-        return dataclasses.replace(tile, kernel=sage)
-    raise ValueError("attention='tile_sparse+sage' is unavailable in this install: TileSparseConfig has no "
-                     "`kernel` field to take a SageConfig; use 'tile_sparse' or 'sage' alone.")
+    sage = _config_from_options("sage", dict(options.get("sage") or {}))
+    # the tile mask picks the kept keys, the Sage kernel computes attention over them: one kernel
+    return _config_from_options("tile_sparse", dict(options.get("tile_sparse") or {}), kernel=sage)
 
 
-def _install(pipe: Any, config: Any | None) -> contextlib.AbstractContextManager:
-    if config is None:
-        return contextlib.nullcontext()
-    try:
-        from attn_processors.core.install import apply
-    except ImportError as err:
-        raise ValueError(f"attention techniques need attn_processors.core.install.apply, which is not "
-                         f"available in this install ({err}); use attention='dense'.") from err
-    return apply(pipe, config)
+def _install(pipe: Any, configs: tuple[Any, ...]) -> contextlib.AbstractContextManager:
+    return apply(pipe, *configs) if configs else contextlib.nullcontext()
 
 
 def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None, num_frames: int = 5,
                    height: int = 32, width: int = 32, num_inference_steps: int = 4,
                    guidance_scale: float = 5.0, seed: int | None = None,
-                   generator: torch.Generator | None = None, attention: Attention = "dense",
+                   generator: torch.Generator | None = None, attention: AttentionSpec = "dense",
                    attention_options: Mapping[str, Any] | None = None,
                    progress: bool | Mapping[str, Any] = True) -> VideoResult:
     """One video as uint8 frames [F, H, W, 3] under the chosen attention technique.
 
-    `seed` builds a CPU generator (same noise on every device); pass `generator` instead to own it.
+    `attention` and `attention_options`: see `attention_configs` (a technique name with its options,
+    or settings in config JSON form). `seed` builds a CPU generator (same noise on every device); pass
+    `generator` instead to own it.
     `progress`: True shows the pipeline's tqdm bar over steps, False hides it, a mapping passes tqdm
     options (e.g. `{"position": 1, "desc": "rank 0 steps"}` for per-rank bars).
     """
@@ -257,7 +322,7 @@ def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None
     check_request(pipe, num_frames=num_frames, height=height, width=width,
                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     check_prompt_vocabulary(pipe, prompt, negative_prompt)
-    config = attention_config(attention, attention_options)
+    configs = attention_configs(attention, attention_options)
     if seed is not None:
         generator = torch.Generator("cpu").manual_seed(int(seed))
     bar = dict(progress) if isinstance(progress, Mapping) else {"disable": progress is False}
@@ -273,7 +338,7 @@ def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None
     if family == "cogvideox":  # its positional table fixes the text length (226 for the released models)
         extra.update(use_dynamic_cfg=False, max_sequence_length=pipe.transformer.config.max_text_seq_length)
     start = time.perf_counter()
-    with _install(pipe, config):
+    with _install(pipe, configs):
         out = pipe(prompt=prompt, num_frames=num_frames, height=height, width=width,
                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                    generator=generator, output_type="np", callback_on_step_end=on_step_end, **extra)
@@ -283,7 +348,7 @@ def generate_video(pipe: Any, prompt: str, *, negative_prompt: str | None = None
     last = step_ends[-1] if step_ends else end
     timings = {"total_s": end - start, "denoise_s": last - start, "decode_s": end - last,
                "steps": float(len(step_ends))}
-    return VideoResult(frames=frames, seed=seed, attention=attention, timings=timings)
+    return VideoResult(frames=frames, seed=seed, attention=describe_attention(attention), timings=timings)
 
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 8, *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from apps.batch_video import Job, JobFileError, main, read_jobs
+from apps.batch_video import Job, JobFileError, cli_defaults, main, parse_args, read_jobs
 from pipelines.video import build_tiny_wan, read_mp4
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,22 +163,90 @@ def test_bad_job_fails_alone_and_resume_skips_finished(tmp_path, model_dir):
 
 
 def test_technique_jobs_record_their_config(tmp_path, model_dir):
-    tile_sparse, sage = (pytest.importorskip(f"attn_processors.{m}") for m in ("tile_sparse", "sage"))
-    if not (hasattr(tile_sparse, "TileSparseConfig") and hasattr(sage, "SageConfig")):
-        pytest.skip("technique configs not written yet")
     options = {"k": 1, "dense_blocks": 0, "dense_steps": 0.0}
     both = {"tile_sparse": options, "sage": {"backend": "simulate", "min_kv_len": 0}}
+    as_json = {"__type__": "TileSparseConfig", **options}  # what config_to_json writes, defaults omitted
     jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [
         DEFAULTS, {"prompt": PROMPTS[0]}, {"prompt": PROMPTS[0], "attention": "tile_sparse",
                                            "attention_options": options},
-        {"prompt": PROMPTS[0], "attention": "tile_sparse+sage", "attention_options": both}])
+        {"prompt": PROMPTS[0], "attention": "tile_sparse+sage", "attention_options": both},
+        {"prompt": PROMPTS[0], "attention": as_json, "seed": 6},
+        {"prompt": PROMPTS[0], "attention": [as_json], "seed": 6}])
     out = tmp_path / "out"
     assert run(jobs_file, out, model_dir, "--base-seed", "5", "--quality", "lossless") == 0
-    dense, sparse, composed = (json.loads((out / f"{i:05d}.json").read_text()) for i in (0, 1, 2))
+    dense, sparse, composed, one, listed = (json.loads((out / f"{i:05d}.json").read_text()) for i in range(5))
     assert sparse["attention"] == {"technique": "tile_sparse", "options": options}
     assert composed["attention"] == {"technique": "tile_sparse+sage", "options": both}
+    assert one["attention"] == {"technique": as_json, "options": {}}
+    assert listed["attention"] == {"technique": [as_json], "options": {}}
     assert (dense["seed"], sparse["seed"], composed["seed"]) == (5, 6, 7)
-    assert all(read_mp4(out / f"{i:05d}.mp4").shape == (5, 32, 32, 3) for i in range(3))
+    assert all(read_mp4(out / f"{i:05d}.mp4").shape == (5, 32, 32, 3) for i in range(5))
+    # the JSON form builds the same config as the name + options form: the same video
+    assert sparse["frames_sha256"] == one["frames_sha256"] == listed["frames_sha256"]
+    assert run(jobs_file, out, model_dir, "--base-seed", "5", "--quality", "lossless") == 0
+    assert summary(out)["skipped"] == 5  # resume recognises config-form jobs by their sidecars
+
+
+def test_config_json_form_in_job_file_csv_and_cli(tmp_path):
+    from attn_processors.core.registry import config_to_json
+    from attn_processors.sage import SageConfig
+    from attn_processors.tile_sparse import TileSparseConfig
+
+    config = TileSparseConfig(k=2, kernel=SageConfig(backend="simulate"))
+    text = config_to_json(config)  # the full form, every field written
+    row = {"prompt": "a red circle", "attention": json.loads(text)}
+    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [row])
+    (job,) = read_jobs(jobs_file)
+    assert job.attention == json.loads(text) and job.attention_options == {}
+    path = tmp_path / "jobs.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "attention"], ["a red circle", text]])
+    (job,) = read_jobs(path)
+    assert job.attention == json.loads(text)
+    (job,) = read_jobs(write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "a red circle"}]),
+                       cli_defaults(parse_args(["plain.jsonl", "-o", "out", "--attention", f"[{text}]"])))
+    assert job.attention == [json.loads(text)]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"attention": {"__type__": "TileSparseConfg"}}, "unknown config type 'TileSparseConfg' in JSON; known "),
+    ({"attention": {"__type__": "TileSparseConfig", "kk": 1}}, r"TileSparseConfig has no field\(s\) \['kk'"),
+    ({"attention": {"k": 1}}, r'technique settings .* objects with a "__type__" naming the config type'),
+    ({"attention": {"__type__": "TileSparseConfig"}, "attention_options": {"k": 1}},
+     r'"attention" holds configs in JSON form, so their options go inside them'),
+    ({"attention": 3}, r"field 'attention' must be str or dict or list, got 3"),
+])
+def test_bad_config_json_form_stops_at_its_line(tmp_path, row, message):
+    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [DEFAULTS, {"prompt": "a red circle"},
+                                                      {"prompt": "a cat", **row}])
+    with pytest.raises(JobFileError, match=f"jobs.jsonl:3: {message}"):
+        read_jobs(jobs_file)
+
+
+def test_cli_attention_json_must_parse(tmp_path):
+    args = parse_args(["jobs.jsonl", "-o", "out", "--attention", '{"__type__": "SageConfig",'])
+    with pytest.raises(JobFileError, match="--attention is not valid JSON"):
+        cli_defaults(args)
+
+
+def test_binary_jobs_file_is_named_in_the_error(tmp_path, capsys):
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(b'{"prompt": "a red circle"}\n\xeb\x9f\x00\x01binary')
+    with pytest.raises(JobFileError, match=r"jobs.jsonl:2: not UTF-8 text \(byte 0xeb at offset 27\)"):
+        read_jobs(path)
+    assert main([str(path), "--output", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}:2: not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_missing_model_is_one_error_before_any_work(tmp_path, capsys):
+    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a red circle"}])
+    missing = tmp_path / "no-such-model"
+    assert main([str(jobs_file), "--output", str(tmp_path / "out"), "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: model '{missing}': no such folder; pass a folder written by "
+                           "pipe.save_pretrained() or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers.")
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_redoes_corrupt_or_unfinished_outputs(tmp_path, model_dir):
@@ -295,3 +364,12 @@ def test_job_dataclass_spec_excludes_line():
     job = Job(index=0, line=9, prompt="p", negative_prompt=None, seed=0, frames=5, height=32, width=32,
               steps=2, guidance=3.0, attention="dense")
     assert "line" not in job.spec() and job.stem == "00000"
+
+
+def test_model_that_is_neither_a_folder_nor_a_hub_pipeline_is_one_error(tmp_path, capsys):
+    jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [DEFAULTS, {"prompt": "a red circle"}])
+    name = "attn-processors-tests/no-such-pipeline"  # the form of a hub id: only loading can tell
+    assert main([str(jobs_file), "--output", str(tmp_path / "out"), "--model", name, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: could not load model '{name}': there is no such local folder, and as a hub id it" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "00000.mp4").exists()

@@ -173,7 +173,7 @@ def test_nested_apply_on_a_pipeline_unwinds_cleanly(tiny_pipe_cache):
 
     pipe = tiny_pipe_cache("sd15")
     kw = dict(prompt="a red cat", num_inference_steps=2, height=32, width=32, output_type="np")
-    with apply(pipe, StoreConfig(keep="steps")) as outer:
+    with apply(pipe, StoreConfig(aggregate="steps")) as outer:
         with apply(pipe, _RecordConfig()):
             pipe(**kw)
         assert {s for _, s in outer.stores["attention"].by_step} == {0, 1}

@@ -14,7 +14,7 @@ def test_store_records_cross_maps_per_layer_and_step_only_where_asked():
     model = tiny_denoiser("sd15")
     kw = denoiser_inputs("sd15", model)
     ref = model(**kw)[0]
-    cfg = StoreConfig(layers=Select(kinds=("cross",)), steps=(1,), keep="steps")
+    cfg = StoreConfig(layers=Select(kinds=("cross",)), steps=(1,), aggregate="steps")
     with apply(model, cfg) as ctrl:
         ctrl.begin_run(2, latent_hw=(16, 12))
         for i in range(2):
@@ -72,3 +72,42 @@ def test_attention_maps_on_tiny_sd15(tiny_pipe_cache, tmp_path):
     paths = result.save(tmp_path)
     assert len(paths) == 9 and all(p.exists() and p.stat().st_size > 0 for p in paths)
     assert Image.open(paths[1]).width > Image.open(paths[0]).width  # the grid holds image + 7 maps
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(aggregate="bogus"), r"aggregate='bogus' is not one of \('mean', 'steps'\)"),
+        (dict(branch="cnd"), r"branch='cnd' is not one of \('cond', 'uncond', None\)"),
+        (dict(steps=(1, -2)), r"steps must be a tuple of step indices >= 0 .*\(1, -2\)"),
+        (dict(steps=(1.5,)), r"steps must be a tuple of step indices >= 0"),
+        (dict(steps=3), r"steps must be a tuple of step indices >= 0 .*got 3"),
+        (dict(layers=("cross",)), r"layers must be a Select .*\('cross',\)"),
+        (dict(name=""), "name must be a non-empty string"),
+    ],
+)
+def test_store_config_rejects_bad_values_naming_the_allowed_ones(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StoreConfig(**kwargs)
+
+
+def test_store_config_accepts_each_allowed_value():
+    assert StoreConfig(aggregate="steps", branch="uncond", steps=[0, 3]).steps == (0, 3)
+    assert StoreConfig(branch=None).branch is None
+
+
+@torch.no_grad()
+def test_store_uncond_branch_records_the_uncond_row():
+    model = tiny_denoiser("sd15")
+    kw = denoiser_inputs("sd15", model)
+    recorded = {}
+    for branch in ("cond", "uncond", None):
+        with apply(model, StoreConfig(layers=Select(kinds=("cross",)), branch=branch)) as ctrl:
+            ctrl.begin_run(1, latent_hw=(16, 12))
+            ctrl.begin_step(0, 900)
+            ctrl.set_branch(("uncond", "cond"))
+            model(**kw)
+        recorded[branch] = next(iter(ctrl.stores["attention"].mean.values())).probs
+    assert recorded["cond"].shape[0] == recorded["uncond"].shape[0] == 1 and recorded[None].shape[0] == 2
+    assert torch.equal(recorded[None][0], recorded["uncond"][0])  # row 0 is the uncond half
+    assert torch.equal(recorded[None][1], recorded["cond"][0])

@@ -124,7 +124,7 @@ def _toy():
 
 def test_intra_and_inter_by_hand_with_keep_one():
     A, masks = _toy()
-    params = SamplingParams(topk_coef=1.0, keep=1.0, margin=0.1)  # k = r = 2, no randomness
+    params = SamplingParams(topk_coef=1.0, keep_fraction=1.0, margin=0.1)  # k = r = 2, no randomness
     t = csg_loss(A, None, masks, [[1], [2]], params, LossWeights(1.0, 1.0, 0.0), identity_perms)
     # object 0: s_in = 0.4+0.3, s_out = top-2 out-of-box of col 1 = 0.1+0.05
     assert t.intra[0].item() == pytest.approx((1 - 0.7 / 0.85) ** 2, abs=1e-6)

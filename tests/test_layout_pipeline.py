@@ -150,9 +150,10 @@ def _in_box_ratio(maps: torch.Tensor, cfg: LayoutConfig) -> float:
 
 
 def test_guidance_reduces_the_loss_and_is_reproducible(pipes):
-    """Brief §6.3: 5 updates at the first step reduce the CSG loss on >= 7/8 seeds and raise the phrases'
-    in-box attention (next CFG forward) by >= 0.02 on average (tiny random net: large step size;
-    measured: loss drops 1.6-2.5 from ~10, in-box gain +0.019..+0.029, 8/8 seeds)."""
+    """Latent guidance (the paper's loss-guided update of z_t): 6 updates at the first step reduce the
+    CSG loss on >= 7/8 seeds and raise the phrases' in-box attention (next CFG forward) by >= 0.02 on
+    average (tiny random net: large step size; measured: loss drops 1.6-2.5 from ~10, in-box gain
+    +0.019..+0.029, 8/8 seeds)."""
     _, ours = pipes
     cfg = ours.layout_config(PROMPT, PHRASES, BOXES, guided_steps=1, iterations=6, scale_factor=100.0)
     drops, gains = [], []
@@ -245,6 +246,44 @@ def test_bad_input_raises(pipes):
                              image_hw=(64, 64))
     assert cfg.boxes == tuple(BOXES)
     assert STORE == "layout"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(height=-64), r"height=-64; give a positive multiple of 2 pixels .* e\.g\. height=32"),
+    (dict(width=33), r"width=33; give a positive multiple of 2 pixels"),
+    (dict(height=0), r"height=0; give a positive multiple"),
+    (dict(num_inference_steps=0), r"num_inference_steps=0; give a positive integer number of denoising"),
+    (dict(num_inference_steps=-5), r"num_inference_steps=-5; give a positive integer"),
+    (dict(num_inference_steps=2.5), r"num_inference_steps=2\.5; give a positive integer"),
+    (dict(guidance_scale=float("nan")), r"guidance_scale=nan; give a finite number"),
+    (dict(phrases="red circle", boxes=BOXES[:1]),
+     r"phrases='red circle' is one string; give a list with one phrase per box, "
+     r"e\.g\. phrases=\['red circle'\]"),
+    (dict(layout_params={"keep": 0.3}),
+     r"unknown LayoutConfig parameters \['keep'\]; use some of \[.*'keep_fraction'"),
+    (dict(layout_params={"on_empty": "skip"}), r"on_empty='skip'; use one of \('repair', 'error'\)"),
+    (dict(output_type="numpy"), r"output_type='numpy'; use one of \('pil', 'np', 'pt', 'latent'\)"),
+])
+def test_bad_call_arguments_name_the_value_and_the_fix(pipes, kwargs, message):
+    """Each raises one ValueError before any UNet work (no negative-dimension RuntimeError, no
+    ZeroDivisionError in the scheduler, no image from -5 steps)."""
+    _, ours = pipes
+    call = dict(boxes=BOXES, phrases=PHRASES, output_type="latent")
+    with pytest.raises(ValueError, match=message):
+        ours(PROMPT, generator=torch.Generator().manual_seed(0), **{**call, **kwargs})
+
+
+def test_layout_config_options_are_named_choices():
+    base = dict(boxes=((0.0, 0.0, 0.5, 0.5),), token_groups=((1,),))
+    assert LayoutConfig(**base).keep_fraction == 0.5 and LayoutConfig(**base).on_empty == "repair"
+    with pytest.raises(ValueError, match=r"loss_places=\('middle',\); give one or more of \('down', 'mid'"):
+        LayoutConfig(**base, loss_places=("middle",))
+    with pytest.raises(ValueError, match=r"keep_fraction=1\.5 must be a fraction in \(0, 1\]"):
+        LayoutConfig(**base, keep_fraction=1.5)
+    with pytest.raises(ValueError, match=r"guided_steps=-1 must be >= 0"):
+        LayoutConfig(**base, guided_steps=-1)
+    with pytest.raises(TypeError, match="keep"):
+        LayoutConfig(**base, keep=0.5)  # the old name is gone: keep_fraction
 
 
 def test_sdxl_identity_and_layout_run():

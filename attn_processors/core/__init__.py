@@ -4,12 +4,30 @@ from .controller import Controller
 from .families import FAMILIES, Projected, family_of, input_geometry
 from .install import Passthrough, apply, denoisers, processors_for
 from .kernels import Attend, KernelChoice, KernelSpec, dispatch, explicit_attention, sdpa, warn_once
+from .plain import Processors, processors, stock_processors
 from .processor import CallInfo, ComposedProcessor, ControlledProcessor, compose
-from .registry import config_from_json, config_to_json, register_json_type, register_technique
+from .registry import (
+    CONFIG_GROUP,
+    config_from_data,
+    config_from_json,
+    config_to_data,
+    config_to_json,
+    config_type,
+    load_config_homes,
+    register_config_home,
+    register_json_type,
+    register_technique,
+)
 from .sites import Select, Site, build_sites, select
 from .store import AttentionStore, StoreConfig, TokenMaps, attention_maps, render_token_heatmaps
 
 __all__ = [
+    "CONFIG_GROUP",
+    "config_from_data",
+    "config_to_data",
+    "config_type",
+    "load_config_homes",
+    "register_config_home",
     "FAMILIES",
     "Attend",
     "AttentionStore",
@@ -24,6 +42,7 @@ __all__ = [
     "KernelChoice",
     "KernelSpec",
     "Passthrough",
+    "Processors",
     "Projected",
     "Select",
     "Site",
@@ -37,10 +56,12 @@ __all__ = [
     "explicit_attention",
     "family_of",
     "input_geometry",
+    "processors",
     "processors_for",
     "register_json_type",
     "register_technique",
     "sdpa",
     "select",
+    "stock_processors",
     "warn_once",
 ]

@@ -114,7 +114,7 @@ class _StockDriver:
         if not self.denoisers:
             raise ValueError(f"{type(pipe).__name__} has no unet/transformer/transformer_2 to attach to.")
         self.handles: list[Any] = []
-        self.patched: list[tuple[Any, str, Any]] = []  # (object, attribute, previous instance value)
+        self.patched: list[tuple[Any, str, Any]] = []  # (object, method name, watcher)
         self.pending_run = False
         self.steps_done = 0  # scheduler.step calls since set_timesteps
         self.announced = -1
@@ -132,25 +132,14 @@ class _StockDriver:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        for obj, name, previous in reversed(self.patched):
-            if previous is _MISSING:
-                obj.__dict__.pop(name, None)  # back to the class method
-            else:
-                setattr(obj, name, previous)  # an outer attach's wrapper (nested apply)
+        for obj, name, after in self.patched:
+            _unwatch(obj, name, after)
         self.handles, self.patched = [], []
 
     def _patch(self, obj: Any, name: str, after: Any) -> None:
-        original = getattr(obj, name)
-        previous = obj.__dict__.get(name, _MISSING)
+        _watch(obj, name, after)
+        self.patched.append((obj, name, after))
 
-        @functools.wraps(original)  # keeps the signature: retrieve_timesteps inspects set_timesteps
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            after(out, args, kwargs)
-            return out
-
-        setattr(obj, name, wrapped)
-        self.patched.append((obj, name, previous))
 
     def _after_set_timesteps(self, out: Any, args: tuple, kwargs: dict) -> None:
         self.ctrl.end_run()
@@ -214,3 +203,46 @@ class _StockDriver:
                 "labelled None. Call controller.set_branch(...) from your loop to label them.",
             )
         return tuple(labels)
+
+
+_WATCHERS = "_attn_processors_watchers"  # attribute of our wrapper: callbacks run after the method
+
+
+def _watch(obj: Any, name: str, after: Any) -> None:
+    """Run `after(out, args, kwargs)` after every `obj.name(...)` call.
+
+    One wrapper per (object, method) holds every watcher, so drivers can be removed in any order
+    (nested `apply` blocks, or plain-path processors replaced while another set is installed)."""
+    current = obj.__dict__.get(name, _MISSING)
+    if current is not _MISSING and hasattr(current, _WATCHERS):
+        getattr(current, _WATCHERS).append(after)
+        return
+    original = getattr(obj, name)
+    watchers = [after]
+
+    @functools.wraps(original)  # keeps the signature: retrieve_timesteps inspects set_timesteps
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        for watcher in list(watchers):
+            watcher(out, args, kwargs)
+        return out
+
+    setattr(wrapped, _WATCHERS, watchers)
+    wrapped._attn_processors_previous = current  # type: ignore[attr-defined]
+    setattr(obj, name, wrapped)
+
+
+def _unwatch(obj: Any, name: str, after: Any) -> None:
+    """Remove one watcher; the last one out puts back what was there before the first came."""
+    current = obj.__dict__.get(name, _MISSING)
+    watchers = getattr(current, _WATCHERS, None)
+    if watchers is None:
+        return  # someone replaced the method since; leave theirs alone
+    if after in watchers:
+        watchers.remove(after)
+    if not watchers:
+        previous = current._attn_processors_previous
+        if previous is _MISSING:
+            obj.__dict__.pop(name, None)  # back to the class method
+        else:
+            setattr(obj, name, previous)

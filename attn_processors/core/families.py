@@ -43,6 +43,14 @@ _STOCK: dict[tuple[type, type], str] = {
     (transformer_flux.FluxAttention, transformer_flux.FluxAttnProcessor): "flux",
 }
 FAMILIES = ("unet", "sd3", "cogvideox", "wan", "flux")
+# The processor Diffusers installs by default for each family (what `stock_processors` restores).
+STOCK_PROCESSORS: dict[str, type] = {
+    "unet": AttnProcessor2_0,
+    "sd3": JointAttnProcessor2_0,
+    "cogvideox": CogVideoXAttnProcessor2_0,
+    "wan": transformer_wan.WanAttnProcessor,
+    "flux": transformer_flux.FluxAttnProcessor,
+}
 # Families whose stock kernel is `dispatch_attention_fn` (attention backends, context parallelism).
 DISPATCH_FAMILIES = ("wan", "flux")
 
@@ -151,14 +159,14 @@ def project_sd3(
         q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)  # (B, H, Ni+Nt, D)
 
     def finish(out: Tensor) -> Any:
+        # the stock order (text projection first): gradient checkpointing recomputes with the
+        # stock processor and checks that the same tensors are saved in the same order
         out = _merge(out, q.dtype)
         img, txt = out[:, :n_img], out[:, n_img:]
-        img = attn.to_out[1](attn.to_out[0](img))
-        if ehs is None:
-            return img
-        if not attn.context_pre_only:
+        if ehs is not None and not attn.context_pre_only:
             txt = attn.to_add_out(txt)
-        return img, txt
+        img = attn.to_out[1](attn.to_out[0](img))
+        return img if ehs is None else (img, txt)
 
     return Projected(q, k, v, None, finish, text_len=n_txt, text_pos="last" if n_txt else None)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,17 +32,47 @@ from .sites import Select, Site
 Tensor = torch.Tensor
 
 
+Aggregate = Literal[
+    "mean",  # a running fp32 mean per layer over the recorded steps (memory of one map per layer)
+    "steps",  # one fp16 map per (layer, step), for maps that change over denoising
+]
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+BRANCHES: tuple[str | None, ...] = ("cond", "uncond", None)  # the controller's CFG row labels
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """Record head-averaged attention maps on `layers` at `steps` (empty = every step)."""
 
     layers: Select = Select(kinds=("cross", "joint"))
     steps: tuple[int, ...] = ()
-    keep: Literal["mean", "steps"] = (
-        "mean"  # mean: running fp32 mean per layer; steps: fp16 per (layer, step)
-    )
-    branch: str | None = "cond"  # record only the rows of this branch (None: all rows)
+    aggregate: Aggregate = "mean"
+    branch: str | None = "cond"  # record only the rows of this CFG branch (None: all rows)
     name: str = "attention"  # key of the AttentionStore in controller.stores
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, Select):
+            raise ValueError(f"layers must be a Select (e.g. Select(kinds=('cross',))), got {self.layers!r}")
+        steps = tuple(self.steps) if isinstance(self.steps, list | tuple) else None
+        if steps is None or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+            raise ValueError(
+                f"steps must be a tuple of step indices >= 0 (empty: every step), got {self.steps!r}"
+            )
+        object.__setattr__(self, "steps", steps)
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(
+                f"aggregate={self.aggregate!r} is not one of {AGGREGATES}: 'mean' keeps a running mean per "
+                "layer, 'steps' one map per (layer, step)"
+            )
+        if self.branch not in BRANCHES:
+            raise ValueError(
+                f"branch={self.branch!r} is not one of {BRANCHES}: 'cond' or 'uncond' records that CFG "
+                "half only, None records every row"
+            )
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(
+                f"name must be a non-empty string (the key in controller.stores), got {self.name!r}"
+            )
 
 
 @dataclass
@@ -56,15 +86,15 @@ class Record:
 
 @dataclass
 class AttentionStore:
-    """Recorded maps: `by_step[(layer, step)]` (keep="steps") or `mean[layer]` (keep="mean")."""
+    """Recorded maps: `by_step[(layer, step)]` (aggregate="steps") or `mean[layer]` (aggregate="mean")."""
 
-    keep: str = "mean"
+    aggregate: Aggregate = "mean"
     by_step: dict[tuple[str, int], Record] = field(default_factory=dict)
     mean: dict[str, Record] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, layer: str, step: int, rec: Record) -> None:
-        if self.keep == "steps":
+        if self.aggregate == "steps":
             self.by_step[(layer, step)] = Record(rec.probs.to("cpu", torch.float16), rec.grid, rec.kind)
             return
         n = self.counts.get(layer, 0)
@@ -79,8 +109,8 @@ class AttentionStore:
         self.counts[layer] = n + 1
 
     def records(self, kind: str | None = None) -> dict[str, Record]:
-        """Per-layer maps (averaged over the stored steps when keep="steps"), optionally one kind."""
-        if self.keep == "mean":
+        """Per-layer maps (averaged over the stored steps when aggregate="steps"), optionally one kind."""
+        if self.aggregate == "mean":
             out = dict(self.mean)
         else:
             groups: dict[str, list[Record]] = {}
@@ -121,7 +151,7 @@ class StoreProcessor(ControlledProcessor):
 
     @property
     def store(self) -> AttentionStore:
-        return self.controller.stores.setdefault(self.config.name, AttentionStore(self.config.keep))
+        return self.controller.stores.setdefault(self.config.name, AttentionStore(self.config.aggregate))
 
     def wants(self, call: CallInfo) -> bool:
         return not self.config.steps or call.step in self.config.steps

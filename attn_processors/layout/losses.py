@@ -1,7 +1,8 @@
-"""CSG guidance losses on aggregated attention maps (brief §2.4-2.7), as pure functions.
+"""CSG guidance losses on aggregated attention maps, as pure functions (the paper's method section:
+selective sampling, intra-token loss, inter-token and self-attention constraints, latent update).
 
 Paper / reference code -> function:
-  selective sampling (top-k in box, random keep)   -> :func:`selection_sizes`, :func:`selective_sample`
+  selective sampling (top-k in box, a random part kept) -> :func:`selection_sizes`, :func:`selective_sample`
   intra-token loss  (1 - S_in/(S_in+S_out))^2      -> :func:`cross_terms` (``intra``)
   inter-token constraint relu(M - mu + margin)^2   -> :func:`cross_terms` (``inter``)
   self-attention constraint on s = S @ m           -> :func:`self_terms`
@@ -39,11 +40,11 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Selective sampling and hinge (reference ``config.py``). ``keep`` is the reference's ``dropout``:
-    despite its name it is the fraction of the top-k cells kept."""
+    """Selective sampling and hinge (reference ``config.py``). ``keep_fraction`` is the reference's
+    ``dropout``: despite that name, the fraction of the top-k cells kept."""
 
     topk_coef: float = 0.8
-    keep: float = 0.5
+    keep_fraction: float = 0.5
     margin: float = 0.1
 
 
@@ -70,17 +71,17 @@ def generator_perms(generator: torch.Generator | None = None) -> PermSource:
 
 
 def identity_perms(loss: str, position: int, k: int) -> torch.Tensor:
-    """No randomness: keep the first r of the top-k cells (useful with keep=1.0 and in tests)."""
+    """No randomness: keep the first r of the top-k cells (useful with a keep fraction of 1 and in tests)."""
     return torch.arange(k)
 
 
-def selection_sizes(n_cells: int, topk_coef: float, keep: float) -> tuple[int, int]:
-    """k = max(1, floor(|m| * topk_coef)), r = max(1, round_half_even(k * keep)), both in float32.
+def selection_sizes(n_cells: int, topk_coef: float, keep_fraction: float) -> tuple[int, int]:
+    """k = max(1, floor(|m| * topk_coef)), r = max(1, round_half_even(k * keep_fraction)), in float32.
 
     float32 matters: the reference multiplies float32 tensors, and float64 can move r or k by one.
     """
     k = max(1, int(torch.floor(torch.tensor(float(n_cells), dtype=torch.float32) * topk_coef)))
-    r = max(1, int(torch.round(torch.tensor(float(k), dtype=torch.float32) * keep)))
+    r = max(1, int(torch.round(torch.tensor(float(k), dtype=torch.float32) * keep_fraction)))
     return k, min(r, k)
 
 
@@ -125,7 +126,7 @@ def cross_terms(
     n = cols.shape[1]
     intra, inter, selected = [], [], []
     for j in range(n):
-        k, r = selection_sizes(int(masks[j].sum()), params.topk_coef, params.keep)
+        k, r = selection_sizes(int(masks[j].sum()), params.topk_coef, params.keep_fraction)
         s_in, s_out, cells = selective_sample(cols[:, j], masks[j], k, r, perms("cross", j, k))
         intra.append(ratio_term(s_in, s_out))
         selected.append(cells)
@@ -144,7 +145,7 @@ def self_terms(
     cell sends into box j); queries outside the box should not attend into it."""
     out = []
     for j in range(masks.shape[0]):
-        k, r = selection_sizes(int(masks[j].sum()), params.topk_coef, params.keep)
+        k, r = selection_sizes(int(masks[j].sum()), params.topk_coef, params.keep_fraction)
         s = S @ masks[j]  # (N,)
         s_in, s_out, _ = selective_sample(s, masks[j], k, r, perms("self", j, k))
         out.append(ratio_term(s_in, s_out))

@@ -1,4 +1,5 @@
-"""Boxes -> attention-grid masks, and phrases -> token positions (CSG inputs, brief §2.3).
+"""Boxes -> attention-grid masks, and phrases -> token positions: the inputs of the CSG method
+(one box per object, the object's tokens in the prompt).
 
 Boxes are normalised xyxy ``(x1, y1, x2, y2)`` in [0, 1], x to the right, y down. Pixel boxes are
 accepted only through :func:`normalise_boxes` with an explicit image size (the reference's own

@@ -1,5 +1,6 @@
-"""Attention redistribution (brief §2.8, reference ``ARAttnProcessor``): move each layout token's
-cross-attention mass into its box, at the chosen cross-attention layers of the CFG forward.
+"""Attention redistribution (the paper's method section; reference ``ARAttnProcessor``): move each
+layout token's cross-attention mass into its box, at the chosen cross-attention layers of the CFG
+forward.
 
 Paper / reference -> function: attention redistribution -> :func:`redistribute`.
 

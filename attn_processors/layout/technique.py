@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -38,6 +38,13 @@ from .masks import Box, OnEmpty, box_masks, check_masks, phrase_token_indices, v
 from .redistribution import redistribute
 
 STORE = "layout"  # key of the LayoutStore in controller.stores
+UNetPlace = Literal[
+    "down",  # encoder blocks
+    "mid",  # the middle block
+    "up",  # decoder blocks (the reference's loss layers)
+]
+PLACES: tuple[str, ...] = get_args(UNetPlace)
+ON_EMPTY: tuple[str, ...] = get_args(OnEmpty)
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,9 @@ class LayoutConfig:
     phrases: tuple[str, ...] = ()  # for messages and panels only
     n_background: int = 0
     res_factor: int | None = None  # layer grid = latent / res_factor; None: largest up-block factor <= 4
-    loss_places: tuple[str, ...] = ("up",)  # reference from_where=['up']
+    loss_places: tuple[UNetPlace, ...] = ("up",)  # reference from_where=['up']
     topk_coef: float = 0.8  # selective sampling: top-k fraction of in-box cells
-    keep: float = 0.5  # fraction of the top-k kept at random (reference's ``dropout``)
+    keep_fraction: float = 0.5  # fraction of the top-k cells kept at random (the reference's ``dropout``)
     margin: float = 0.1  # inter-token hinge, raw probability units
     w_cross: float = 5.0
     w_inter: float = 50.0
@@ -66,12 +73,13 @@ class LayoutConfig:
     scale_factor: float = 0.5  # eta_i = scale_factor * sqrt(linspace(1, .5, T))[i]; 0.5 is SD-1.4's
     redistribute_last_step: int = 25  # redistribution on steps i <= this (inclusive, as the reference)
     redistribute_uncond: bool = True  # reference: both CFG halves; False: cond rows only
-    on_empty: str = "repair"  # OnEmpty: "repair" | "error" for boxes smaller than a grid cell
+    on_empty: OnEmpty = "repair"  # a box smaller than a grid cell: "repair" (warn) or "error"
     early_exit: bool = True  # stop guidance forwards after the last loss layer (same loss and gradient)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "boxes", tuple(validate_boxes(self.boxes)))
         object.__setattr__(self, "token_groups", tuple(tuple(int(t) for t in g) for g in self.token_groups))
+        object.__setattr__(self, "loss_places", tuple(self.loss_places))
         if len(self.boxes) != len(self.token_groups):
             raise ValueError(
                 f"{len(self.boxes)} boxes for {len(self.token_groups)} phrases; give one box per phrase")
@@ -83,10 +91,17 @@ class LayoutConfig:
             raise ValueError(f"n_background={self.n_background} must be between 0 and {len(self.boxes)}")
         if self.res_factor is not None and self.res_factor < 1:
             raise ValueError(f"res_factor={self.res_factor} must be a positive integer (latent / layer size)")
-        if not (0 < self.topk_coef <= 1 and 0 < self.keep <= 1):
-            raise ValueError(f"topk_coef={self.topk_coef} and keep={self.keep} must be in (0, 1]")
-        if self.on_empty not in ("repair", "error"):
-            raise ValueError(f"on_empty={self.on_empty!r}; use 'repair' or 'error'")
+        for name in ("topk_coef", "keep_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a fraction in (0, 1]")
+        for name in ("guided_steps", "iterations", "margin", "scale_factor"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.on_empty not in ON_EMPTY:
+            raise ValueError(f"on_empty={self.on_empty!r}; use one of {ON_EMPTY}")
+        bad = [p for p in self.loss_places if p not in PLACES]
+        if bad or not self.loss_places:
+            raise ValueError(f"loss_places={self.loss_places!r}; give one or more of {PLACES}")
 
     @classmethod
     def from_phrases(cls, tokenizer: Any, prompt: str, phrases: Sequence[str],
@@ -100,7 +115,7 @@ class LayoutConfig:
 
     @property
     def params(self) -> SamplingParams:
-        return SamplingParams(self.topk_coef, self.keep, self.margin)
+        return SamplingParams(self.topk_coef, self.keep_fraction, self.margin)
 
     @property
     def weights(self) -> LossWeights:
@@ -111,8 +126,7 @@ class LayoutConfig:
         n_fg = len(self.boxes) - self.n_background
         m = box_masks(self.boxes[:n_fg], self.boxes[n_fg:], hw)
         names = self.phrases or tuple(f"object {j}" for j in range(len(self.boxes)))
-        on_empty: OnEmpty = "error" if self.on_empty == "error" else "repair"
-        return check_masks(m, self.boxes, hw, names, n_fg, on_empty)
+        return check_masks(m, self.boxes, hw, names, n_fg, self.on_empty)
 
 
 def layout_factor(sites: Sequence[Site], res_factor: int | None) -> int:
