@@ -6,7 +6,7 @@ Checks, in order (each one recorded even if a later one fails):
    the upstream package too when ``sageattention>=2.1.1`` is importable;
 2. accuracy vs float64 on real-like inputs (release, N=8K, D=128);
 3. no NaN/Inf for bf16 |q|,|k| = 1e3 and constant K (NaN-guard fallbacks counted);
-4. wrapper overhead of a fallback call vs plain SDPA (brief: <= 50 us);
+4. wrapper overhead of a fallback call vs plain SDPA (target: <= 50 us);
 5. the speed table of ``sage_bench.py`` (B=1, H=40, bf16, D 64/128, N 2K..32K, median of 20),
    gate >= 1.3x SDPA at N >= 16K, D=128.
 Results go to ``$OUT/sage_gpu.json`` (or --out); the last printed line is the JSON.
@@ -41,17 +41,17 @@ from benchmarks.sage_bench import environment, speed_table  # noqa: E402
 def parity(device: torch.device, shapes: list[tuple], heads: int) -> list[dict]:
     """Our Triton kernel (and upstream) vs the simulator with the kernel's own recipe."""
     rows = []
-    for mode, d, n, causal, kv_heads in shapes:
+    for recipe, d, n, causal, kv_heads in shapes:
         q, k, v = (t.to(device, torch.bfloat16) for t in real_like(1, heads, n, d, seed=n + d))
         k, v = k[:, :kv_heads].contiguous(), v[:, :kv_heads].contiguous()
         with torch.no_grad():
-            ours = sageattn(q, k, v, mode=mode, backend="triton", is_causal=causal, min_kv_len=0)
-            ref = sageattn(q, k, v, spec=triton_spec(spec_for(mode)), backend="simulate", is_causal=causal,
+            ours = sageattn(q, k, v, recipe=recipe, backend="triton", is_causal=causal, min_kv_len=0)
+            ref = sageattn(q, k, v, spec=triton_spec(spec_for(recipe)), backend="simulate", is_causal=causal,
                            min_kv_len=0)
-        row = {"mode": mode, "d": d, "n": n, "causal": causal, "kv_heads": kv_heads,
+        row = {"recipe": recipe, "d": d, "n": n, "causal": causal, "kv_heads": kv_heads,
                "ours_vs_sim": accuracy(ours, ref)}
         row["pass"] = row["ours_vs_sim"]["rel_l1"] <= 0.01
-        if device.type == "cuda" and (upstream_version() or (0,)) >= (2, 1, 1) and mode == "release":
+        if device.type == "cuda" and (upstream_version() or (0,)) >= (2, 1, 1) and recipe == "release":
             with torch.no_grad():
                 up = sageattn(q, k, v, backend="upstream", is_causal=causal, min_kv_len=0)
                 up_ref = sageattn(q, k, v, spec=spec_for("release", "sm90"), backend="simulate",

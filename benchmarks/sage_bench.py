@@ -1,6 +1,6 @@
-"""SageAttention2: accuracy of every mode against float64 attention, and (on CUDA) speed vs SDPA.
+"""SageAttention2: accuracy of every recipe against float64 attention, and (on CUDA) speed vs SDPA.
 
-Accuracy (any device, the simulator): cos and relL1 = sum|o - ref| / sum|ref| per mode and input
+Accuracy (any device, the simulator): cos and relL1 = sum|o - ref| / sum|ref| per recipe and input
 kind (i.i.d. Gaussian; "real-like" with bias-outlier channels, a V channel bias and, for B, a
 log-normal token scale; see attn_processors/sage/synthetic.py).
 Speed (CUDA only): B=1, H=40, bf16, D in {64, 128}, N in {2K..32K}; our Triton kernel through
@@ -30,17 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from attn_processors.sage import sageattn, simulate, spec_for  # noqa: E402
+from attn_processors.sage import sage_report, sageattn, simulate, spec_for  # noqa: E402
 from attn_processors.sage.dispatch import upstream_version  # noqa: E402
 from attn_processors.sage.synthetic import accuracy, attention_fp64, gaussian, real_like  # noqa: E402
 
 VARIANTS: dict[str, dict] = {  # name -> spec_for(...) arguments
-    "release_sm90": dict(mode="release", arch="sm90"),
-    "release_sm89": dict(mode="release", arch="sm89"),
-    "sage1": dict(mode="sage1"),
-    "paper4bit": dict(mode="paper4bit"),
-    "int4_smooth_k_only": dict(mode="paper4bit", smooth_q=False),
-    "int4_per_block_unsmoothed": dict(mode="paper4bit", smooth_q=False, smooth_k=False, qk_gran="per_block"),
+    "release_sm90": dict(recipe="release", arch="sm90"),
+    "release_sm89": dict(recipe="release", arch="sm89"),
+    "sage1": dict(recipe="sage1"),
+    "paper4bit": dict(recipe="paper4bit"),
+    "int4_smooth_k_only": dict(recipe="paper4bit", smooth_q=False),
+    "int4_per_block_unsmoothed": dict(recipe="paper4bit", smooth_q=False, smooth_k=False,
+                                      qk_gran="per_block"),
 }
 INT4 = ("paper4bit", "int4_smooth_k_only", "int4_per_block_unsmoothed")
 
@@ -70,7 +71,7 @@ def accuracy_table(n: int, dims: list[int], kinds: list[str], device: torch.devi
                 if kind == "gaussian" and name in INT4[1:]:
                     continue
                 args = dict(args)
-                spec = spec_for(args.pop("mode"), args.pop("arch", "sm90"), **args)
+                spec = spec_for(args.pop("recipe"), args.pop("arch", "sm90"), **args)
                 start = time.perf_counter()
                 out = simulate(q, k, v, spec)
                 rows.append({"kind": kind, "d": d, "n": n, "variant": name, **accuracy(out, ref),
@@ -191,7 +192,7 @@ def shapes_model_eval(model: Path | None, prompts: int, steps: int) -> dict:
     mse = [float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()) for a, b in pairs]
     res["psnr_vs_sdpa"] = float(np.mean([10 * np.log10(255.0 ** 2 / max(m, 1e-10)) for m in mse]))
     res["max_score_delta"] = max(abs(res["sage"][k] - res["sdpa"][k]) for k in res["sdpa"])
-    res["calls"] = {k: v for k, v in ctrl.stores.get("sage", {}).items()}
+    res["calls"] = sage_report(ctrl)  # counts of the last pipeline run (controller.stats is per run)
     return res
 
 
@@ -213,7 +214,7 @@ def video_model_eval(model: Path | None, prompts: int, steps: int) -> dict:
     res["sage"] = {k: v for k, v in ve.score(sage, items).items() if k != "rows"}
     res["psnr_vs_sdpa"] = ve.frame_psnr(sage, dense)
     res["max_score_delta"] = max(abs(res["sage"][k] - res["sdpa"][k]) for k in res["sdpa"])
-    res["calls"] = {k: v for k, v in ctrl.stores.get("sage", {}).items()}
+    res["calls"] = sage_report(ctrl)  # counts of the last pipeline run (controller.stats is per run)
     return res
 
 

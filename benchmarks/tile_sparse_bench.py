@@ -136,15 +136,26 @@ def mask_build_ms(geometry: VideoGeometry, k_global: int, repeats: int) -> float
     return 1e3 * statistics.median(times)
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1, with a message naming the value (heads, dim and repeats count things)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI size: two masks per dtype, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=None)
+    parser.add_argument("--heads", type=positive_int, default=4)
+    parser.add_argument("--dim", type=positive_int, default=64)
     parser.add_argument("--stock-template", action="store_true",
                         help="leave Inductor's CPU flex template unpatched (the 'before' numbers)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.stock_template:
         os.environ["ATTN_PROCESSORS_STOCK_CPU_FLEX"] = "1"  # read at the first flex call
     repeats = args.repeats or (3 if args.quick else 7)

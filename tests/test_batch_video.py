@@ -163,7 +163,7 @@ def test_bad_job_fails_alone_and_resume_skips_finished(tmp_path, model_dir):
 
 
 def test_technique_jobs_record_their_config(tmp_path, model_dir):
-    options = {"k": 1, "dense_blocks": 0, "dense_steps": 0.0}
+    options = {"k": 1, "dense_blocks": [], "dense_steps": 0.0}
     both = {"tile_sparse": options, "sage": {"backend": "simulate", "min_kv_len": 0}}
     as_json = {"__type__": "TileSparseConfig", **options}  # what config_to_json writes, defaults omitted
     jobs_file = write_jsonl(tmp_path / "jobs.jsonl", [

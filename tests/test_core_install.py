@@ -113,16 +113,70 @@ def test_compose_qkv_edit_with_logits_edit_matches_manual(sd15):
     assert (got - want).abs().max() < 1e-5 and (nested - want).abs().max() < 1e-5
 
 
-def test_compose_conflicts_raise(sd15):
+def test_two_kernel_choosers_raise_with_the_fix(sd15):
     model, _ = sd15
-    with pytest.raises(ValueError, match="choose the attention kernel"), apply(model, _Cfg("ka"), _Cfg("kb")):
-        pass
-    with pytest.raises(ValueError, match="edit logits/probs"), apply(model, _Cfg("ka"), _Cfg("temp")):
-        pass
+    with pytest.raises(ValueError, match=r"choose the attention kernel.*TileSparseConfig\(kernel=SageConfig"):
+        with apply(model, _Cfg("ka"), _Cfg("kb")):
+            pass
     assert all(not isinstance(p, ControlledProcessor) for p in model.attn_processors.values())
-    # on disjoint layers the same pair is fine
-    with apply(model, _Cfg("ka"), _Cfg("temp", Select(kinds=("cross",)))):
+    with apply(model, _Cfg("ka"), _Cfg("kb", Select(kinds=("cross",)))):  # disjoint layers: fine
         pass
+
+
+class _CountingKernel(ControlledProcessor):
+    """Chooses a kernel that counts its calls (an exact SDPA, so outputs equal the stock ones)."""
+
+    stats_key = "counting"
+
+    def kernel(self, call):
+        def attend(q, k, v, *, mask=None, scale=None):
+            call.controller.stats["counting.ran"] += 1
+            return sdpa(q, k, v, mask=mask, scale=scale)
+
+        return attend
+
+
+class _FirstStepTemperature(_Temperature):
+    """A logits editor that wants step 0 only."""
+
+    stats_key = "temperature"
+
+    def wants(self, call):
+        return call.step == 0
+
+
+@torch.no_grad()
+def test_kernel_and_score_editor_compose_per_call(sd15):
+    """Per call: the calls an editor wants take the explicit path with its edits, the rest the kernel."""
+    from attn_processors.core import Controller
+
+    model, kw = sd15
+    classes = {"count": _CountingKernel, "temp0": _FirstStepTemperature}
+    register_technique(_PerCallCfg)(
+        lambda cfg, sites, ctrl: {s.name: classes[cfg.which](s, ctrl) for s in sites})
+    n_self = sum(k.endswith("attn1.processor") for k in model.attn_processors)
+    outs = {}
+    cases = {"temp": [_PerCallCfg("temp0")], "both": [_PerCallCfg("count"), _PerCallCfg("temp0")]}
+    for name, configs in cases.items():
+        ctrl = Controller()
+        with apply(model, *configs, controller=ctrl):
+            for step in (0, 1):
+                ctrl.begin_step(step, 999 - step)
+                outs[name, step] = model(**kw)[0]
+        outs[name] = dict(ctrl.stats)
+    stock = model(**kw)[0]
+    assert torch.equal(outs["both", 0], outs["temp", 0])  # step 0: the editor's explicit path
+    assert not torch.allclose(outs["both", 0], stock)
+    torch.testing.assert_close(outs["both", 1], stock, atol=1e-5, rtol=0)  # step 1: the (exact) kernel
+    assert outs["both"] == {"counting.ran": n_self, "counting.path.kernel": n_self,
+                            "counting.path.explicit": n_self, "temperature.path.explicit": n_self,
+                            "temperature.path.stock": n_self}
+
+
+@dataclass(frozen=True)
+class _PerCallCfg:
+    which: str = "count"
+    layers: Select = Select(kinds=("self",))
 
 
 def test_unregistered_config_and_empty_apply(sd15):

@@ -57,9 +57,33 @@ def test_dispatch_table_and_one_time_fallback_warning(caplog):
     q = k = v = torch.randn(1, 1, 4, 4)
     cuda_only = KernelSpec("fast", sdpa, lambda q, k, v, m: None if q.is_cuda else "needs CUDA")
     with caplog.at_level(logging.WARNING, logger="attn_processors"):
-        first = dispatch([cuda_only], q, k, v)
-        second = dispatch([cuda_only], q, k, v)
+        first = dispatch([cuda_only], q, k, v, None)
+        second = dispatch([cuda_only], q, k, v, None)
     assert first.kernel is sdpa and "needs CUDA" in first.reason and second.reason == first.reason
-    assert sum("falls back to SDPA" in r.getMessage() for r in caplog.records) == 1
+    assert sum("attention kernel falls back to SDPA" in r.getMessage() for r in caplog.records) == 1
     ok = KernelSpec("any", explicit_attention, lambda q, k, v, m: None)
-    assert dispatch([cuda_only, ok], q, k, v).kernel is explicit_attention
+    assert dispatch([cuda_only, ok], q, k, v, None).kernel is explicit_attention
+
+
+def test_sage_and_tile_sparse_dispatch_through_the_core_table(caplog):
+    """One dispatcher: both techniques' choices land in one stats sink, with one warning each."""
+    from collections import Counter
+
+    from attn_processors.core.kernels import forget_warnings
+    from attn_processors.sage import choose_kernel
+    from attn_processors.tile_sparse import VideoGeometry
+    from attn_processors.tile_sparse import dispatch as tile_dispatch
+
+    forget_warnings("sage:")
+    forget_warnings("tile_sparse:")
+    stats = Counter()
+    q = torch.randn(1, 2, 64, 16)
+    with caplog.at_level(logging.WARNING, logger="attn_processors"):
+        for _ in range(2):
+            assert choose_kernel(q, q, backend="simulate", min_kv_len=128, stats=stats)[0] == "sdpa"
+            assert tile_dispatch(VideoGeometry(8, 16), 4, min_block_sparsity=0.25, stats=stats)[0] == "dense"
+        assert choose_kernel(q, q, backend="simulate", min_kv_len=0, stats=stats)[0] == "simulate"
+    assert stats == {"sage.fallback.short_kv": 2, "sage.kernel.sdpa": 2, "sage.kernel.simulate": 1,
+                     "tile_sparse.fallback.low_sparsity": 2, "tile_sparse.kernel.sdpa": 2}
+    warnings = [r.getMessage() for r in caplog.records if "kernel falls back to SDPA" in r.getMessage()]
+    assert [w.split(" kernel")[0] for w in warnings] == ["sage", "tile_sparse"]  # once each

@@ -1,4 +1,4 @@
-"""Simulator accuracy against float64 attention at N=2048 (the brief's acceptance table)."""
+"""Simulator accuracy against float64 attention at N=2048 (the accuracy table of docs/sage.md)."""
 
 import pytest
 import torch
@@ -57,7 +57,7 @@ def test_int4_granularity_order_with_token_scale():
 
 
 def test_fp8_pv_is_the_main_release_error_on_gaussian():
-    """INT8 Q.K alone is ~10x more accurate than with FP8 P~V: the FP8 rounding dominates (brief 2(4))."""
+    """INT8 Q.K alone is ~10x more accurate than with FP8 P~V: the FP8 rounding dominates."""
     q, k, v = gaussian(1, 2, 1024, 64, seed=3)
     ref = attention_fp64(q, k, v)
     int8_only = accuracy(simulate(q, k, v, spec_for("release", pv="fp32")), ref)["rel_l1"]

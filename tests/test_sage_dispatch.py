@@ -79,23 +79,56 @@ def test_autograd_falls_back_and_keeps_gradients():
     assert FALLBACKS["autograd"] == 1 and sage_dispatch.KERNEL_CALLS["simulate"] == 1
 
 
-def test_nan_guard_recomputes_with_sdpa(monkeypatch):
+def test_nan_guard_recomputes_with_sdpa(monkeypatch, caplog):
     q, k, v = qkv()
     monkeypatch.setattr(sage_dispatch, "simulate", lambda q, *a, **kw: torch.full_like(q, float("nan")))
-    out = sageattn(q, k, v, backend="simulate", min_kv_len=0)
+    with caplog.at_level(logging.WARNING, logger="attn_processors"):
+        out = sageattn(q, k, v, backend="simulate", min_kv_len=0)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
     assert FALLBACKS["nonfinite"] == 1
+    assert "simulate produced NaN/Inf from finite inputs" in caplog.text
     raw = sageattn(q, k, v, backend="simulate", min_kv_len=0, nan_guard=False)
     assert torch.isnan(raw).all() and FALLBACKS["nonfinite"] == 1
 
 
 def test_fallback_warning_is_logged_once(caplog):
     q, k, v = qkv()
-    with caplog.at_level(logging.WARNING, logger="attn_processors.sage.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="attn_processors"):
         for _ in range(3):
             sageattn(q, k, v, backend="simulate")  # kv 256 < 2048
     assert sum("short_kv" in r.getMessage() for r in caplog.records) == 1
     assert FALLBACKS["short_kv"] == 3
+    reset_counters()  # forgets the logged-once memory too
+    with caplog.at_level(logging.WARNING, logger="attn_processors"):
+        sageattn(q, k, v, backend="simulate")
+    assert sum("short_kv" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+def test_empty_sequences_raise_one_clear_error(layout):
+    q, k, v = qkv()
+    axis = 2 if layout == "HND" else 1
+    if layout == "NHD":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    empty_q, empty_kv = q.narrow(axis, 0, 0), k.narrow(axis, 0, 0)
+    for args, got in [((empty_q, k, v), "Nq=0, Nk=256"), ((q, empty_kv, empty_kv), "Nq=256, Nk=0")]:
+        for backend in ("auto", "simulate", "sdpa"):
+            with pytest.raises(ValueError, match=f"at least one query and one key token, got {got}"):
+                sageattn(*args, tensor_layout=layout, backend=backend, min_kv_len=0)
+
+
+def test_nonfinite_input_is_named_not_blamed_on_the_kernel(caplog):
+    q, k, v = qkv()
+    k = k.clone()
+    k[0, 0, 3, 0] = float("nan")
+    with caplog.at_level(logging.WARNING, logger="attn_processors"):
+        out = sageattn(q, k, v, backend="simulate", min_kv_len=0)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "the input k already held NaN/Inf" in message and "not a kernel fault" in message
+    assert "produced NaN/Inf from finite inputs" not in message
+    assert FALLBACKS == {"nonfinite_input": 1}
+    ref = F.scaled_dot_product_attention(q, k, v)  # SDPA carries the NaN through
+    torch.testing.assert_close(out, ref, atol=0, rtol=0, equal_nan=True)
 
 
 def test_simulate_runs_when_allowed_and_matches_fp64():
@@ -127,7 +160,7 @@ def test_return_lse_on_both_paths():
     "kwargs, match",
     [
         (dict(backend="cuda"), "backend"),
-        (dict(mode="int4"), "mode"),
+        (dict(recipe="int4"), "recipe"),
         (dict(tensor_layout="BHND"), "tensor_layout"),
         (dict(backend="upstream", min_kv_len=0), "sageattention"),
         (dict(backend="simulate", is_causal=True, min_kv_len=0, _kv_len=128), "causal"),
@@ -158,7 +191,7 @@ def test_triton_request_on_cpu_without_interpreter(monkeypatch):
         sageattn(q, k, v, backend="triton", min_kv_len=0)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="paper4bit"):
-        sageattn(q, k, v, backend="triton", mode="paper4bit", min_kv_len=0)
+        sageattn(q, k, v, backend="triton", recipe="paper4bit", min_kv_len=0)
 
 
 def test_long_sequences_switch_to_fp16_pv(monkeypatch):

@@ -99,7 +99,7 @@ def test_smoothing_without_quantization_is_exact(smooth_q):
 
 
 def test_smooth_q_with_fp16_pv_emulation():
-    q, k, v = gaussian(1, 2, 256, 64, seed=0)  # |v| < 4: fp16 rounding of P and V alone (brief: <= 2e-4)
+    q, k, v = gaussian(1, 2, 256, 64, seed=0)  # |v| < 4: fp16 rounding of P and V alone (target: <= 2e-4)
     spec = spec_for("paper4bit", qk_bits=None, pv="fp16")
     assert (simulate(q, k, v, spec).double() - attention_fp64(q, k, v)).abs().max() <= 2e-4
 
@@ -120,21 +120,21 @@ def test_causal_simulation_matches_reference():
     assert (out.double() - attention_fp64(q, k, v, is_causal=True)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("mode", ["release", "paper4bit", "sage1"])
-def test_inputs_bit_identical_after_calls(mode):
+@pytest.mark.parametrize("recipe", ["release", "paper4bit", "sage1"])
+def test_inputs_bit_identical_after_calls(recipe):
     q, k, v = real_like(1, 4, 160, 64, seed=7, dtype=torch.bfloat16)
     k, v = k[:, :2], v[:, :2]  # GQA
     before = [t.clone() for t in (q, k, v)]
-    sageattn(q, k, v, mode=mode, backend="simulate", min_kv_len=0, return_lse=True)
-    sageattn(q, k, v, mode=mode, backend="sdpa", return_lse=True)
-    sageattn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tensor_layout="NHD", mode=mode,
+    sageattn(q, k, v, recipe=recipe, backend="simulate", min_kv_len=0, return_lse=True)
+    sageattn(q, k, v, recipe=recipe, backend="sdpa", return_lse=True)
+    sageattn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tensor_layout="NHD", recipe=recipe,
              backend="simulate", min_kv_len=0)
     for a, b in zip(before, (q, k, v), strict=True):
         assert torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
-@pytest.mark.parametrize("mode", ["release", "paper4bit", "sage1"])
-def test_extreme_magnitudes_and_constant_k_stay_finite(mode):
+@pytest.mark.parametrize("recipe", ["release", "paper4bit", "sage1"])
+def test_extreme_magnitudes_and_constant_k_stay_finite(recipe):
     sage_dispatch.reset_counters()
     g = torch.Generator().manual_seed(8)
     q = (torch.randn(1, 2, 256, 64, generator=g) * 400).clamp(-1e3, 1e3).bfloat16()
@@ -142,10 +142,10 @@ def test_extreme_magnitudes_and_constant_k_stay_finite(mode):
     q[..., 0, :] = 1e3
     k[..., 1, :] = -1e3
     v = torch.randn(1, 2, 256, 64, generator=g).bfloat16()
-    out = sageattn(q, k, v, mode=mode, backend="simulate", min_kv_len=0)
+    out = sageattn(q, k, v, recipe=recipe, backend="simulate", min_kv_len=0)
     assert torch.isfinite(out).all()
     k_const = torch.full_like(k, 7.0)
-    out_c = sageattn(q, k_const, v, mode=mode, backend="simulate", min_kv_len=0)
+    out_c = sageattn(q, k_const, v, recipe=recipe, backend="simulate", min_kv_len=0)
     assert torch.isfinite(out_c).all()
     # constant K: uniform attention, the output is the mean of V
     expect = v.float().mean(dim=-2, keepdim=True).expand_as(out_c)
@@ -154,7 +154,7 @@ def test_extreme_magnitudes_and_constant_k_stay_finite(mode):
 
 
 def test_spec_validation():
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="recipe"):
         spec_for("int2")
     with pytest.raises(ValueError, match="arch"):
         spec_for("release", "sm100")

@@ -28,14 +28,14 @@ in_process = pytest.mark.skipif(not (IN_PROCESS and on_cpu), reason="needs TRITO
 
 
 @pytest.mark.skipif(on_cpu, reason="compiled kernel: CUDA only (CPU runs it under the interpreter below)")
-@pytest.mark.parametrize("mode, causal", [("release", False), ("release", True), ("sage1", False)])
-def test_compiled_kernel_matches_simulator_on_cuda(mode, causal):
+@pytest.mark.parametrize("recipe, causal", [("release", False), ("release", True), ("sage1", False)])
+def test_compiled_kernel_matches_simulator_on_cuda(recipe, causal):
     q, k, v = (t.cuda().bfloat16() for t in real_like(1, 4, 1000, 128, seed=5))
     with torch.no_grad():
-        out = sageattn(q, k, v, mode=mode, backend="triton", is_causal=causal, min_kv_len=0)
-        ref = sageattn(q, k, v, spec=triton_spec(spec_for(mode)), backend="simulate", is_causal=causal,
+        out = sageattn(q, k, v, recipe=recipe, backend="triton", is_causal=causal, min_kv_len=0)
+        ref = sageattn(q, k, v, spec=triton_spec(spec_for(recipe)), backend="simulate", is_causal=causal,
                        min_kv_len=0)
-    assert accuracy(out, ref)["rel_l1"] <= 0.01  # issue gate; FP22 accumulation is not simulated
+    assert accuracy(out, ref)["rel_l1"] <= 0.01  # parity gate; FP22 accumulation is not simulated
 
 
 @pytest.mark.skipif(IN_PROCESS or not on_cpu, reason="the interpreter checks run in this process (or CUDA)")
@@ -90,16 +90,17 @@ def probes():
 
 
 @in_process
-@pytest.mark.parametrize("mode, causal", [("release", False), ("release", True), ("sage1", False)])
-def test_kernel_matches_simulator(mode, causal):
+@pytest.mark.parametrize("recipe, causal", [("release", False), ("release", True), ("sage1", False)])
+def test_kernel_matches_simulator(recipe, causal):
     q, k, v = real_like(1, 2, 200, 40, seed=1)  # N not a multiple of the tiles, D padded to 64
     k, v = k[:, :1].contiguous(), v[:, :1].contiguous()  # GQA 2 -> 1
-    out, lse = sageattn(q, k, v, mode=mode, backend="triton", is_causal=causal, min_kv_len=0, return_lse=True)
-    spec = triton_spec(spec_for(mode))
+    out, lse = sageattn(q, k, v, recipe=recipe, backend="triton", is_causal=causal, min_kv_len=0,
+                        return_lse=True)
+    spec = triton_spec(spec_for(recipe))
     ref, ref_lse = sageattn(q, k, v, spec=spec, backend="simulate", is_causal=causal, min_kv_len=0,
                             return_lse=True)
     acc = accuracy(out, ref)
-    # identical arithmetic up to fp32 summation order (issue target: relL1 <= 0.01)
+    # identical arithmetic up to fp32 summation order (parity gate: relL1 <= 0.01)
     assert acc["rel_l1"] <= 1e-5, acc
     assert (lse - ref_lse).abs().max() <= 1e-4
 
@@ -150,7 +151,7 @@ def test_fp8_operands_made_by_torch_multiply_exactly(probes):
 
 @in_process
 def test_interpreter_fp32_to_fp8_cast_defect(interpreter, probes):
-    """The deviation the issue saw (up to 3.4 on a random 32x32x32 FP8 dot) comes from the cast.
+    """The deviation seen under the interpreter (up to 3.4 on a random 32x32x32 FP8 dot) comes from the cast.
 
     In the normal range the interpreter's ``.to(tl.float8e4nv)`` equals
     ``interpreter_fp8_cast_defect`` exactly: a rounding carry out of the mantissa is lost when the
@@ -198,13 +199,13 @@ def test_emulated_rounding_is_exact_rtne(probes):
 
 
 @in_process
-@pytest.mark.parametrize("arch, mode", [("sm90", "release"), ("sm120", "release")])  # per-thread, per-warp
-def test_fused_quantizer_equals_reference_preprocessing(interpreter, arch, mode):
+@pytest.mark.parametrize("arch, recipe", [("sm90", "release"), ("sm120", "release")])  # per-thread, per-warp
+def test_fused_quantizer_equals_reference_preprocessing(interpreter, arch, recipe):
     """One-pass Triton INT8 quantization == quantize_qk bit for bit (per-thread, per-warp, per-block)."""
     from attn_processors.sage.reference import quantize_qk
 
     q, k, _ = real_like(1, 2, 200, 40, seed=4)  # N off the tiles, D padded to 64
-    spec = spec_for(mode, arch)
+    spec = spec_for(recipe, arch)
     fused = interpreter.quantize_qk_fused(q.transpose(1, 2).contiguous().transpose(1, 2), k, spec, 0.3)
     ref = quantize_qk(q, k, spec, 0.3)
     for name in ("q", "k"):

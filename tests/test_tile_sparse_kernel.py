@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import attn_processors.tile_sparse as ts
+import attn_processors.tile_sparse.kernels as ts
 from attn_processors.core import blockmask
 from attn_processors.tile_sparse import (
     VideoGeometry,
@@ -119,6 +119,12 @@ def test_dispatch_never_picks_eager_flex(monkeypatch):
     for device in ("cpu", "cuda"):  # decided without touching a GPU
         assert dispatch(long, 3, device=device)[0] == "gather"
         assert dispatch(long, 20, device=device)[0] == "gather"  # low sparsity too: still exact, no S^2 mask
+    # below a min_block_sparsity (the technique's fallback) plain SDPA runs, with the reason counted
+    stats = __import__("collections").Counter()
+    method, reason = dispatch(long, 20, min_block_sparsity=0.25, stats=stats)  # drops 2.1 %
+    assert method == "dense" and reason.startswith("low_sparsity") and "2.1%" in reason
+    assert stats == {"tile_sparse.fallback.low_sparsity": 1, "tile_sparse.kernel.sdpa": 1}
+    assert dispatch(long, 3, min_block_sparsity=0.25)[0] == "gather"  # drops 72.9 %
     # without a compiler: flex_attend refuses (no eager fallback); auto does not need it
     monkeypatch.setattr(blockmask, "compiled_flex", lambda mode=None: None)
     q = torch.zeros(1, 1, 16, 8)
@@ -199,9 +205,19 @@ def test_gpu_check_script_cpu_path(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_tile_sparse_check", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    result = script.main(["--small", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path)])
+    # 0.5: the row that drops less than half of the attention (F = 8, k = 2: 46.9 %) is the dense fallback
+    result = script.main(["--small", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path),
+                          "--min-block-sparsity", "0.5"])
     assert result["all_errors_ok"] and len(result["rows"]) == 4
-    assert {"speedup", "gate", "gate_ok", "block_sparsity", "gather_speedup"} <= set(result["rows"][0])
+    assert {"speedup", "gate", "gate_ok", "block_sparsity", "gather_speedup", "runs", "code_speedup"} <= set(
+        result["rows"][0])
+    low = [r for r in result["rows"] if r["mask_sparsity"] < 0.5]
+    assert [(r["frames"], r["k"]) for r in low] == [(8, 2)] and result["dense_fallback_rows"] == 1
+    assert all(r["runs"] == "dense" and r["scored_as"] == "dense_fallback" and r["gate"] is None
+               and r["gate_ok"] for r in low)
+    assert all(r["runs"] == "sdpa_masked" for r in result["rows"] if r not in low)  # S < 2048 here
+    with pytest.raises(SystemExit):
+        script.main(["--heads", "-1"])
     saved = json.loads((tmp_path / "tile_sparse_gpu_small.json").read_text())
     assert saved["config"]["small"] and saved["env"]["device"] == "cpu"
 
@@ -220,3 +236,19 @@ def test_cpu_flex_template_is_tuned_and_exact():
     out = tile_sparse_attention(q, k, v, frames=frames, tokens_per_frame=tpf, k_global=1, method="flex",
                                 block_size=48)  # frame spans cut blocks: mask_mod on partial blocks
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flag, value", [("--heads", "-1"), ("--dim", "0"), ("--repeats", "two")])
+def test_bench_rejects_counts_below_one_with_a_clear_error(capsys, flag, value):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tile_sparse_bench.py"
+    spec = importlib.util.spec_from_file_location("tile_sparse_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([flag, value])
+    assert exit_info.value.code == 2
+    shown = repr(value) if value == "two" else value
+    assert f"argument {flag}: must be a positive integer, got {shown}" in capsys.readouterr().err

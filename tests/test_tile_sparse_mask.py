@@ -15,7 +15,8 @@ from attn_processors.tile_sparse import (
     tile_sparse_attention,
 )
 
-# the nine masks of the paper (F, k) with their formula sparsities (brief §1 table)
+# the nine masks of the paper (F, k) with their formula sparsities in %
+# (Efficient-vDiT Sec. 3.3: 1 - (2kF - k^2 + F - k) / F^2)
 PAPER_MASKS = [(8, 4, 18.75), (8, 3, 31.25), (8, 2, 46.88), (8, 1, 65.63),
                (24, 12, 22.92), (24, 8, 41.67), (24, 6, 53.13), (24, 4, 65.97), (24, 3, 72.92)]
 

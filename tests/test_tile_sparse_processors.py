@@ -1,11 +1,13 @@
 """Tile-sparse processors on tiny Wan and CogVideoX pipelines, config JSON, and calibration plans."""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 import attn_processors.tile_sparse as ts
+import attn_processors.tile_sparse.technique as technique
 from attn_processors.core import Select, apply, config_from_json, config_to_json
 from attn_processors.tile_sparse import TilePlan, TileSparseConfig, calibrate, default_k, select_k
 
@@ -14,19 +16,21 @@ RUNS = {  # 17 frames -> 5 latent frames
     "cogvideox": dict(num_frames=17, height=32, width=32, max_sequence_length=16),  # 16 text + 5 x 4
 }
 GEOMETRY = {"wan": ts.VideoGeometry(5, 16), "cogvideox": ts.VideoGeometry(5, 4, 16, "first")}
+# every layer, every step, whatever the sparsity (CogVideoX's 16 dense text tokens leave k = 1 at 14.8 %)
+EVERYWHERE = dict(dense_steps=0.0, dense_blocks=(), min_block_sparsity=0.0)
 
 
 @pytest.fixture
 def attend_calls(monkeypatch):
     """Records (q shape, geometry, k) of every tile-sparse kernel call."""
     calls = []
-    original = ts.attend
+    original = technique.attend
 
     def spy(q, k, v, geometry, k_global, *args, **kwargs):
         calls.append((tuple(q.shape), geometry, k_global))
         return original(q, k, v, geometry, k_global, *args, **kwargs)
 
-    monkeypatch.setattr(ts, "attend", spy)
+    monkeypatch.setattr(technique, "attend", spy)
     return calls
 
 
@@ -39,14 +43,14 @@ def _video(pipe, family, steps=3):
 def test_processors_run_end_to_end_and_full_mask_is_identity(tiny_pipe_cache, attend_calls, family):
     pipe = tiny_pipe_cache(family)
     dense = _video(pipe, family)
-    with apply(pipe, TileSparseConfig(k=1, dense_steps=0.0, dense_blocks=0)):
+    with apply(pipe, TileSparseConfig(k=1, **EVERYWHERE)):
         sparse = _video(pipe, family)
     assert torch.isfinite(sparse).all() and (sparse - dense).abs().max() > 1e-3
     assert attend_calls and {(g, k) for _, g, k in attend_calls} == {(GEOMETRY[family], 1)}
     n_layers = len([n for n in pipe.transformer.attn_processors if "attn1" in n])
     assert len(attend_calls) == 3 * n_layers * (2 if family == "wan" else 1)  # Wan: two B=1 CFG calls
     attend_calls.clear()
-    with apply(pipe, TileSparseConfig(k=5, dense_steps=0.0, dense_blocks=0)):  # k = F: every tile kept
+    with apply(pipe, TileSparseConfig(k=5, **EVERYWHERE)):  # k = F: every tile kept
         full = _video(pipe, family)
     torch.testing.assert_close(full, dense, atol=1e-5, rtol=0)
     assert not attend_calls
@@ -57,7 +61,7 @@ def test_full_mask_kernel_path_matches_stock_wan(tiny_pipe_cache, attend_calls):
     """The sparse kernel forced on with a mask that keeps every tile (k = F) gives the stock result."""
     pipe = tiny_pipe_cache("wan")
     dense = _video(pipe, "wan", steps=2)
-    with apply(pipe, TileSparseConfig(k=5, method="gather", dense_steps=0.0, dense_blocks=0)):
+    with apply(pipe, TileSparseConfig(k=5, method="gather", dense_steps=0.0, dense_blocks=())):
         for proc in pipe.transformer.attn_processors.values():
             if type(proc).__name__ == "TileSparseProcessor":
                 proc.sparse = lambda call, geometry: True  # run the kernel even though k = F
@@ -68,7 +72,7 @@ def test_full_mask_kernel_path_matches_stock_wan(tiny_pipe_cache, attend_calls):
 
 def test_dense_warmup_steps_and_blocks(tiny_pipe_cache, attend_calls):
     pipe = tiny_pipe_cache("wan")
-    with apply(pipe, TileSparseConfig(k=1, dense_steps=0.5, dense_blocks=1)):
+    with apply(pipe, TileSparseConfig(k=1, dense_steps=0.5, dense_blocks=(0,))):
         _video(pipe, "wan", steps=4)  # steps 0, 1 dense; block 0 dense
     assert len(attend_calls) == 2 * 1 * 2  # 2 sparse steps x 1 sparse block x 2 CFG calls
     with apply(pipe, TileSparseConfig(k=1, dense_steps=1.0)):
@@ -125,7 +129,7 @@ def test_calibrate_on_tiny_wan_and_use_the_plan(tiny_pipe_cache, attend_calls, t
     # the recall on this tiny random model: probe its definition against tile_recall on one call
     path = tmp_path / "plan.json"
     plan.save(path)
-    with apply(pipe, TileSparseConfig(plan=str(path), dense_steps=0.0, dense_blocks=0)):
+    with apply(pipe, TileSparseConfig(plan=str(path), **EVERYWHERE)):
         _video(pipe, "wan", steps=2)
     assert {k for *_, k in attend_calls} == {k for k in plan.k.values() if k < 5}
 
@@ -161,7 +165,7 @@ def test_tile_sparse_plus_sage_composes_as_one_kernel(tiny_pipe_cache):
     from attn_processors.sage.technique import SageConfig
 
     pipe = tiny_pipe_cache("wan")
-    base = dict(dense_steps=0.0, dense_blocks=0)
+    base = EVERYWHERE
     with apply(pipe, TileSparseConfig(k=1, **base)):
         tile = _video(pipe, "wan", steps=2)
     exact_inner = TileSparseConfig(k=1, kernel=SageConfig(backend="sdpa", min_kv_len=0), **base)
@@ -195,3 +199,116 @@ def test_calibrate_cogvideox_joint_text_first(tiny_pipe_cache):
     values = [recall[k] for k in range(6)]
     assert values == sorted(values) and values[-1] == pytest.approx(1.0, abs=1e-5)
     assert values[0] > 0.2  # k = 0 still keeps the diagonal tiles and the 16 dense text keys
+
+
+# every SageConfig field under tile-sparse: a kernel option that changes the computation, or a raise
+SAGE_KERNEL_OPTION_VALUES = {  # field -> a value that must change what the inner kernel computes
+    "recipe": "sage1", "backend": "sdpa", "arch": "sm89", "min_kv_len": 10**6, "long_seq_fp16_pv": 0,
+}
+SAGE_WHERE_WHEN_VALUES = {  # field -> a value that must raise, naming the field
+    "dense_steps": 0.2, "dense_blocks": (0,), "dense_layers": ("blocks.*",),
+    "dense_calls": (("blocks.0.attn1", 0),), "layers": Select(kinds=("self",)),
+}
+
+
+@torch.no_grad()
+def test_every_sage_option_applies_under_tile_sparse_or_raises(tmp_path):
+    from dataclasses import fields
+
+    from attn_processors.core import Controller
+    from attn_processors.sage import SageConfig, write_policy
+    from attn_processors.testing.tiny import tiny_denoiser
+
+    policy = write_policy({"dense_calls": []}, tmp_path / "policy.json")
+    where_when = {**SAGE_WHERE_WHEN_VALUES, "policy": str(policy)}
+    covered = set(SAGE_KERNEL_OPTION_VALUES) | set(where_when) | {"nan_guard"}
+    assert covered == {f.name for f in fields(SageConfig)}  # a new Sage field must be placed here
+    for name, value in where_when.items():
+        with pytest.raises(ValueError, match=rf"SageConfig fields \['{name}'\] do not apply"):
+            TileSparseConfig(kernel=SageConfig(**{name: value}))
+
+    model = tiny_denoiser("wan")
+    g = torch.Generator().manual_seed(3)
+    kw = dict(hidden_states=torch.randn(1, 16, 5, 8, 8, generator=g), timestep=torch.tensor([500]),
+              encoder_hidden_states=torch.randn(1, 16, 32, generator=g), return_dict=False)
+
+    def run(**sage_options):
+        ctrl = Controller()
+        sage = SageConfig(**{"backend": "simulate", "min_kv_len": 0, **sage_options})
+        with apply(model, TileSparseConfig(k=1, kernel=sage, **EVERYWHERE), controller=ctrl):
+            return model(**kw)[0], ctrl.stats
+
+    base, base_stats = run()
+    with apply(model, TileSparseConfig(k=1, **EVERYWHERE)):
+        exact_tiles = model(**kw)[0]
+    assert base_stats["sage.kernel.simulate"] > 0 and (base - exact_tiles).abs().max() > 1e-5
+    for name, value in SAGE_KERNEL_OPTION_VALUES.items():
+        out, stats = run(**{name: value})
+        assert (out - base).abs().max() > 1e-6, f"{name}={value!r} changed nothing under tile-sparse"
+        if name in ("backend", "min_kv_len"):  # exact SDPA on the kept keys: tile-sparse alone
+            torch.testing.assert_close(out, exact_tiles, atol=1e-5, rtol=0)
+    assert run(min_kv_len=10**6)[1]["sage.fallback.short_kv"] > 0
+    assert run(long_seq_fp16_pv=0)[1]["sage.long_seq_fp16_pv"] > 0  # FP16 P.V on every call
+
+
+def test_nan_guard_applies_under_tile_sparse(monkeypatch):
+    """nan_guard: a non-finite quantized output is recomputed (counted) or, with False, passed through."""
+    from attn_processors.core import Controller
+    from attn_processors.sage import SageConfig
+    from attn_processors.sage import dispatch as sage_dispatch
+    from attn_processors.testing.tiny import tiny_denoiser
+
+    monkeypatch.setattr(sage_dispatch, "simulate", lambda q, *a, **kw: torch.full_like(q, float("nan")))
+    model = tiny_denoiser("wan")
+    g = torch.Generator().manual_seed(3)
+    kw = dict(hidden_states=torch.randn(1, 16, 5, 8, 8, generator=g), timestep=torch.tensor([500]),
+              encoder_hidden_states=torch.randn(1, 16, 32, generator=g), return_dict=False)
+    outs = {}
+    for guard in (True, False):
+        ctrl = Controller()
+        sage = SageConfig(backend="simulate", min_kv_len=0, nan_guard=guard)
+        with torch.no_grad(), apply(model, TileSparseConfig(k=1, kernel=sage, **EVERYWHERE), controller=ctrl):
+            outs[guard] = (model(**kw)[0], dict(ctrl.stats))
+    assert torch.isfinite(outs[True][0]).all() and outs[True][1]["sage.fallback.nonfinite"] > 0
+    assert torch.isnan(outs[False][0]).any() and "sage.fallback.nonfinite" not in outs[False][1]
+
+
+@dataclass(frozen=True)
+class _CountingSDPA:
+    """A KernelProvider that is not Sage: exact SDPA counting its calls; `only_self` is a where-option."""
+
+    only_self: bool = False
+
+    def attend_kernel(self, stats=None):
+        def attend(q, k, v, *, mask=None, scale=None):
+            if stats is not None:
+                stats["counting_sdpa.calls"] += 1
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+        return attend
+
+    def check_inner(self, host):
+        if self.only_self:
+            raise ValueError(f"_CountingSDPA field only_self does not apply inside {host}")
+
+
+@torch.no_grad()
+def test_any_kernel_provider_composes_under_tile_sparse():
+    """TileSparseConfig.kernel takes any KernelProvider through the core's interface, not only Sage."""
+    from attn_processors.core import Controller
+    from attn_processors.testing.tiny import tiny_denoiser
+
+    model = tiny_denoiser("wan")
+    g = torch.Generator().manual_seed(3)
+    kw = dict(hidden_states=torch.randn(1, 16, 5, 8, 8, generator=g), timestep=torch.tensor([500]),
+              encoder_hidden_states=torch.randn(1, 16, 32, generator=g), return_dict=False)
+    with apply(model, TileSparseConfig(k=1, **EVERYWHERE)):
+        tile = model(**kw)[0]
+    ctrl = Controller()
+    with apply(model, TileSparseConfig(k=1, kernel=_CountingSDPA(), **EVERYWHERE), controller=ctrl):
+        out = model(**kw)[0]
+    torch.testing.assert_close(out, tile, atol=1e-6, rtol=0)
+    groups = len(ts.tile_gather_plan(ts.VideoGeometry(5, 16), 1))  # distinct kept-key sets
+    assert groups == 5 and ctrl.stats["counting_sdpa.calls"] == 2 * groups  # frame 0 + 4 others; 2 layers
+    with pytest.raises(ValueError, match="only_self does not apply inside TileSparseConfig"):
+        TileSparseConfig(kernel=_CountingSDPA(only_self=True))

@@ -13,7 +13,7 @@ from benchmarks.video_eval import cli, main
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "moving-shapes-wan"
 SMALL = ["--model", str(ASSET), "--num", "1", "--two-object", "0", "--steps", "2", "--frames", "5",
          "--size", "32", "--device", "cpu"]
-TILE = {"k": 1, "dense_blocks": 0, "dense_steps": 0.0}
+TILE = {"k": 1, "dense_blocks": [], "dense_steps": 0.0}
 
 
 def test_bad_frame_count_names_the_allowed_ones(capsys):

@@ -77,7 +77,7 @@ def test_invalid_requests_raise_value_error(wan, kwargs, message):
 
 def test_tile_sparse_installs_through_the_core(wan):
     kw = {**TINY, "num_frames": 17, "num_inference_steps": 3}  # 5 latent frames
-    everywhere = {"dense_blocks": 0, "dense_steps": 0.0}
+    everywhere = {"dense_blocks": [], "dense_steps": 0.0}
     dense = generate_video(wan, "a red circle", seed=0, **kw).frames
     full = generate_video(wan, "a red circle", seed=0, attention="tile_sparse",
                           attention_options={"k": 5, **everywhere}, **kw).frames  # k = F keeps every tile
@@ -97,12 +97,12 @@ def test_sage_installs_through_the_core(wan):
     quant = generate_video(wan, "a red circle", seed=0, attention="sage", attention_options=simulate,
                            **TINY).frames.astype(int)
     assert 0 < np.abs(quant - dense).max() <= 32
-    with pytest.raises(ValueError, match="mode must be one of"):
-        generate_video(wan, "a red circle", attention="sage", attention_options={"mode": "int2"}, **TINY)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        generate_video(wan, "a red circle", attention="sage", attention_options={"recipe": "int2"}, **TINY)
 
 
 def test_composition_runs_sage_under_the_tile_mask(wan):
-    both = {"tile_sparse": {"k": 1, "dense_blocks": 0, "dense_steps": 0.0},
+    both = {"tile_sparse": {"k": 1, "dense_blocks": [], "dense_steps": 0.0},
             "sage": {"backend": "simulate", "min_kv_len": 0}}  # CPU simulation of the quantized kernel
     tile = generate_video(wan, "a red circle", seed=0, attention="tile_sparse",
                           attention_options=both["tile_sparse"], **TINY).frames.astype(int)
@@ -121,7 +121,7 @@ def test_composition_runs_sage_under_the_tile_mask(wan):
 
 
 def test_config_json_form_gives_the_named_form_result(wan):
-    options = {"k": 1, "dense_blocks": 0, "dense_steps": 0.0}
+    options = {"k": 1, "dense_blocks": [], "dense_steps": 0.0}
     named = generate_video(wan, "a red circle", seed=0, attention="tile_sparse", attention_options=options,
                            **TINY)
     as_json = {"__type__": "TileSparseConfig", **options}

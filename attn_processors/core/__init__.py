@@ -3,7 +3,19 @@
 from .controller import Controller
 from .families import FAMILIES, Projected, family_of, input_geometry
 from .install import Passthrough, apply, denoisers, processors_for
-from .kernels import Attend, KernelChoice, KernelSpec, dispatch, explicit_attention, sdpa, warn_once
+from .kernels import (
+    Attend,
+    KernelChoice,
+    KernelProvider,
+    KernelSpec,
+    Unsupported,
+    dispatch,
+    explicit_attention,
+    fallbacks,
+    first_unsupported,
+    sdpa,
+    warn_once,
+)
 from .plain import Processors, processors, stock_processors
 from .processor import CallInfo, ComposedProcessor, ControlledProcessor, compose
 from .registry import (
@@ -22,6 +34,10 @@ from .sites import Select, Site, build_sites, select
 from .store import AttentionStore, StoreConfig, TokenMaps, attention_maps, render_token_heatmaps
 
 __all__ = [
+    "KernelProvider",
+    "Unsupported",
+    "fallbacks",
+    "first_unsupported",
     "CONFIG_GROUP",
     "config_from_data",
     "config_to_data",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,9 @@ class Controller:
     def __init__(self, mode: str = "denoise") -> None:
         self.mode = mode  # "denoise" | "guide" | ... : a technique's named phase, set by its pipeline
         self.stores: dict[str, Any] = {}  # technique name -> recorded data (attention maps, queries, ...)
+        # counts of this run (cleared by begin_run): which path each call took per technique
+        # ("sage.kernel", "sage.stock", ...) and kernel choices / SDPA fallbacks ("sage.fallback.mask")
+        self.stats: Counter[str] = Counter()
         self.step: int | None = None
         self.timestep: float | None = None
         self.num_steps: int | None = None
@@ -52,6 +56,7 @@ class Controller:
     def begin_run(self, num_steps: int | None = None, latent_hw: tuple[int, int] | None = None) -> None:
         """Start a sampling run of `num_steps` on a latent of `latent_hw` (h, w)."""
         self.in_run, self.num_steps, self.step, self.timestep = True, num_steps, None, None
+        self.stats.clear()
         if latent_hw is not None:
             self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
 

@@ -5,6 +5,12 @@ Every kernel is a pure function ``attend(q, k, v, *, mask=None, scale=None) -> o
 `mask` is broadcastable to ``[B, H, Nq, Nk]``: bool (True = attend) or additive float.
 `scale` None means ``1 / sqrt(D)``, as in SDPA.
 
+`dispatch` is the one dispatcher: a table of kernels, each with a rule that says why it cannot run
+given inputs, the first that can is chosen, otherwise SDPA with one logged warning; the choice and
+the fallback reason are counted in a run's `controller.stats`. Sage's `choose_kernel` and tile-sparse's
+`dispatch` are tables over it. `KernelProvider` is how a config hands its kernel to another technique
+(`TileSparseConfig(kernel=SageConfig(...))`) without either importing the other.
+
 Example:
     >>> import torch
     >>> q = k = v = torch.randn(1, 2, 8, 4)
@@ -17,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -85,34 +92,114 @@ def explicit_attention(
 
 
 class KernelChoice(NamedTuple):
-    """What a dispatch decided: the kernel to run and why (logged, shown in benchmarks)."""
+    """What a dispatch decided: the kernel to run, why (logged, shown in benchmarks) and its name."""
 
-    kernel: Attend
+    kernel: Attend | None
     reason: str
+    name: str = "sdpa"
+
+
+class Unsupported(NamedTuple):
+    """Why a kernel cannot run some inputs: a short `category` (the key counted per run, e.g.
+    "short_kv") and a `detail` for the one logged warning."""
+
+    category: str
+    detail: str
+
+
+Rule = Callable[..., "str | Unsupported | None"]  # called with the inputs given to `dispatch`
 
 
 class KernelSpec(NamedTuple):
-    """One row of a dispatch table: `unsupported(q, k, v, mask)` returns None when `fn` can run
-    these inputs, else the reason it cannot (device, dtype, head dim, mask...)."""
+    """One row of a dispatch table: `unsupported(*inputs)` (usually q, k, v, mask) returns None when
+    `fn` can run these inputs, else the reason it cannot (device, dtype, head dim, mask...), as a
+    string or an `Unsupported(category, detail)`."""
 
     name: str
-    fn: Attend
-    unsupported: Callable[[Tensor, Tensor, Tensor, Tensor | None], str | None]
+    fn: Attend | None  # None: a kernel the caller runs by name (it takes more than q, k, v, e.g. Sage's LSE)
+    unsupported: Rule
+
+
+def first_unsupported(*rules: Rule) -> Rule:
+    """One rule from several, checked in order: the first reason found wins (what the log reports)."""
+
+    def check(*inputs: Any) -> str | Unsupported | None:
+        for rule in rules:
+            if (why := rule(*inputs)) is not None:
+                return why
+        return None
+
+    return check
+
+
+Stats = Counter  # a run's counters (controller.stats): "<label>.kernel.<name>", "<label>.fallback.<category>"
+
+
+def count(stats: Stats | None, key: str, n: int = 1) -> None:
+    """Add `n` to `stats[key]` when there is a sink (kernels called outside a run have none)."""
+    if stats is not None:
+        stats[key] += n
+
+
+def fallbacks(stats: Stats, label: str) -> dict[str, int]:
+    """{category: calls} of the SDPA fallbacks `dispatch(..., label=label)` counted in `stats`."""
+    prefix = f"{label}.fallback."
+    return {key[len(prefix):]: n for key, n in stats.items() if key.startswith(prefix) and n}
 
 
 def dispatch(
-    table: Sequence[KernelSpec], q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+    table: Sequence[KernelSpec], *inputs: Any, label: str = "attention", stats: Stats | None = None
 ) -> KernelChoice:
-    """First kernel in `table` that supports the inputs; otherwise SDPA, with one logged warning."""
-    reasons = []
+    """First kernel in `table` whose rule accepts `inputs` (q, k, v, mask for attention kernels; a
+    technique may pass what its rules read, e.g. a video geometry); otherwise SDPA, logged once.
+
+    Counts `"<label>.kernel.<name>"` for the kernel chosen and `"<label>.fallback.<category>"` for a
+    fallback in `stats` (a run's `controller.stats`). The category of a fallback is the reason of the
+    first (preferred) kernel; the warning is logged once per (label, category) per process.
+    """
+    reasons: list[tuple[str, Unsupported]] = []
     for spec in table:
-        why = spec.unsupported(q, k, v, mask)
+        why = spec.unsupported(*inputs)
         if why is None:
-            return KernelChoice(spec.fn, f"{spec.name}: supported")
-        reasons.append(f"{spec.name}: {why}")
-    reason = "; ".join(reasons) or "empty kernel table"
-    warn_once(f"fallback:{reason}", f"attention kernel falls back to SDPA ({reason})")
-    return KernelChoice(sdpa, f"sdpa fallback ({reason})")
+            count(stats, f"{label}.kernel.{spec.name}")
+            return KernelChoice(spec.fn, f"{spec.name}: supported", spec.name)
+        reasons.append((spec.name, why if isinstance(why, Unsupported) else Unsupported(spec.name, why)))
+    category = reasons[0][1].category if reasons else "empty_table"
+    detail = "; ".join(f"{name}: {why.detail}" for name, why in reasons) or "empty kernel table"
+    count(stats, f"{label}.fallback.{category}")
+    count(stats, f"{label}.kernel.sdpa")
+    warn_once(
+        f"{label}:fallback:{category}",
+        f"{label} kernel falls back to SDPA ({category}): {detail}; further cases are only counted",
+    )
+    return KernelChoice(sdpa, f"{category}: {detail}", "sdpa")
+
+
+@runtime_checkable
+class KernelProvider(Protocol):
+    """A config that supplies an attention kernel (SageConfig today), so another technique can run it
+    inside its own computation (TileSparseConfig(kernel=...)) without importing the provider.
+
+    `attend_kernel(stats)` returns an `Attend` that counts what it did into `stats` (a run's
+    `controller.stats`; None: not counted). `check_inner(host)` raises ValueError naming every option
+    set on the provider that would not apply when `host` runs its kernel (e.g. its own layer or step
+    policy: the host decides where and when), so no option is silently ignored.
+    """
+
+    def attend_kernel(self, stats: Stats | None = None) -> Attend: ...
+
+    def check_inner(self, host: str) -> None: ...
+
+
+def inner_kernel(provider: Any, host: str) -> KernelProvider:
+    """`provider` checked as the inner kernel of `host` (a config name, for messages)."""
+    if not isinstance(provider, KernelProvider):
+        raise ValueError(
+            f"{host}.kernel takes a kernel-providing config (one with attend_kernel(stats) and "
+            f"check_inner(host), e.g. SageConfig(...)) or None, got {type(provider).__name__}"
+        )
+    provider.check_inner(host)
+    return provider
 
 
 _WARNED: set[str] = set()
@@ -123,3 +210,9 @@ def warn_once(key: str, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         logger.warning(message)
+
+
+def forget_warnings(prefix: str) -> None:
+    """Let the warnings whose key starts with `prefix` be logged again (tests, benchmark resets)."""
+    for key in [k for k in _WARNED if k.startswith(prefix)]:
+        _WARNED.discard(key)

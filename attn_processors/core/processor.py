@@ -41,17 +41,23 @@ row, text token count/position, token grid):
 - `kernel(call) -> attend | None`: an `attend(q, k, v, *, mask=None, scale=None)` kernel to use
   instead of SDPA.
 
-Two techniques on one layer compose (`compose`): `wants` is any-of; q/k/v, logits and probs edits
-run in install order, each only on the calls its own processor wants; at most one of them may
-choose the kernel, and a kernel cannot be combined with logits/probs edits on the same layer
-(ValueError at install time: put them on different layers).
+Two techniques on one layer compose (`compose`), decided per call (docs/composition.md):
+- the processors that `wants` the call are its active parts (none: the exact stock computation);
+- if an active part edits logits/probs on it, the call takes the explicit-softmax path: every active
+  part's q/k/v, logits and probs edits run in install order, and no kernel is chosen;
+- otherwise the active parts' q/k/v edits run and the one kernel chooser among them (if any) computes
+  attention; two kernel choosers on one layer raise at install time (compose kernels inside one
+  technique instead, e.g. `TileSparseConfig(kernel=SageConfig(...))`).
+A processor with a `stats_key` counts the path each call took for it in `controller.stats`
+(`"<key>.path.stock" | ".path.kernel" | ".path.explicit" | ".path.sdpa"`), so a run's report is exact.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -62,7 +68,30 @@ from .kernels import Attend, explicit_attention, sdpa
 from .sites import Site
 
 Tensor = torch.Tensor
+Need = Literal[
+    "step",  # the denoising step (and run length): announced by the pipeline or `processors(pipe, ...)`
+    "branch",  # the CFG branch label of each batch row ("cond" / "uncond")
+    "grid",  # the (frames, h, w) token grid of a video denoiser's input
+]
+_HOW_TO_DRIVE = (
+    "Build the processors with attn_processors.processors(pipe, config) and install them with "
+    "pipe.unet.set_attn_processor(...) (or pipe.transformer...), or use `with apply(pipe, config):`; "
+    "a loop of your own calls controller.begin_run(...), begin_step(i, t) and set_branch(...)."
+)
+_NO_ARGUMENTS = (
+    "{name}() was called without its site and controller. Diffusers' IP-adapter loader "
+    "(load_ip_adapter / unload_ip_adapter) re-creates every installed processor that way: restore "
+    "the stock processors first (model.set_attn_processor(attn_processors.stock_processors(model))), "
+    "load the adapter, then install the technique again. To build processors yourself use "
+    "attn_processors.processors(pipe, config)."
+)
 Path = Literal["auto", "explicit"]  # auto: explicit softmax only where a hook needs it; explicit: always
+Outcome = Literal[
+    "stock",  # the processor did not want the call: the stock computation (for it)
+    "explicit",  # fp32 softmax with the logits/probs edits
+    "kernel",  # the processor's own kernel computed attention
+    "sdpa",  # q/k/v edits only (or another part's kernel), then the stock kernel call
+]
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,49 @@ class CallInfo:
         return [i for i, lab in enumerate(self.labels) if lab == label]
 
 
+@dataclass(frozen=True)
+class Route:
+    """How one call is computed, decided once per call: the path, the processors whose hooks run on it
+    (install order), and the kernel with the processor that chose it."""
+
+    path: Literal["stock", "explicit", "kernel", "sdpa"]
+    active: tuple[ControlledProcessor, ...] = ()
+    kernel: Attend | None = None
+    chooser: ControlledProcessor | None = None
+
+    def outcome(self, part: ControlledProcessor) -> Outcome:
+        """What this call was for `part` (counted under its stats_key)."""
+        if part not in self.active:
+            return "stock"
+        if self.path == "kernel":
+            return "kernel" if part is self.chooser else "sdpa"
+        return "sdpa" if self.path == "stock" else self.path
+
+
+def route(parts: Sequence[ControlledProcessor], call: CallInfo) -> Route:
+    """The per-call composition rule of the module docstring, for one or several processors."""
+    active = tuple(p for p in parts if p.wants(call))
+    if not active:
+        return Route("stock")
+    if any(p.edits_scores(call) for p in active):
+        return Route("explicit", active)
+    for p in active:
+        if (kern := p.kernel(call)) is not None:
+            return Route("kernel", active, kern, p)
+    return Route("sdpa", active)
+
+
+def _chain(parts: Sequence[ControlledProcessor], hook: str, call: CallInfo) -> Any:
+    """`x -> part_n.hook(... part_1.hook(x, call) ..., call)`: score edits in install order."""
+
+    def run(x: Tensor) -> Tensor:
+        for part in parts:
+            x = getattr(part, hook)(x, call)
+        return x
+
+    return run
+
+
 def _overrides(obj: Any, name: str) -> bool:
     return getattr(type(obj), name) is not getattr(ControlledProcessor, name)
 
@@ -126,8 +198,28 @@ class ControlledProcessor:
     _attention_backend = None  # written by model.set_attention_backend(...)
     _parallel_config = None  # written by model.enable_parallelism(...)
     _controlled = True  # marks our processors for families.family_of
+    stats_key: ClassVar[str | None] = None  # e.g. "sage": count each call's Outcome in controller.stats
 
-    def __init__(self, site: Site, controller: Controller, *, path: Path = "auto") -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A technique's own `__init__` called with no arguments raises `_NO_ARGUMENTS` too."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked(self: ControlledProcessor, *args: Any, **kw: Any) -> None:
+            if not args and not kw:
+                raise TypeError(_NO_ARGUMENTS.format(name=cls.__name__))
+            init(self, *args, **kw)
+
+        cls.__init__ = checked  # type: ignore[method-assign]
+
+    def __init__(
+        self, site: Site | None = None, controller: Controller | None = None, *, path: Path = "auto"
+    ) -> None:
+        if site is None or controller is None:
+            raise TypeError(_NO_ARGUMENTS.format(name=type(self).__name__))
         if path not in ("auto", "explicit"):
             raise ValueError(f"path must be 'auto' or 'explicit', got {path!r}")
         if site.family not in ADAPTERS:
@@ -138,6 +230,10 @@ class ControlledProcessor:
         self._project = ADAPTERS[site.family]
 
     # -- hooks ------------------------------------------------------------------------------------
+    def needs(self) -> tuple[Need, ...]:
+        """What this processor cannot act without; a call that lacks it raises, never a silent no-op."""
+        return ()
+
     def wants(self, call: CallInfo) -> bool:
         """Whether this call is changed at all; False -> the exact stock computation."""
         return True
@@ -177,31 +273,50 @@ class ControlledProcessor:
         rope = rotary_emb if rotary_emb is not None else image_rotary_emb
         p = self._project(attn, hidden_states, encoder_hidden_states, attention_mask, rope, temb)
         call = self._call_info(p)
+        self._require(call)
         cross = encoder_hidden_states is not None
-        forced = self.path == "explicit"
-        if not forced and not self.wants(call):
+        plan = self.route(call)
+        self._count(plan)
+        if plan.path == "stock":
             return p.finish(self._with_added(self._fast(p.q, p.k, p.v, p.mask, cross), p, None))
         if self._parallel_config is not None:
             raise ValueError(
                 f"{type(self).__name__} on {self.site.name}: context parallelism only reaches the "
                 "stock fast path; disable parallelism or leave this layer out of the selection."
             )
-        q, k, v = self.edit_qkv(p.q, p.k, p.v, call)
-        kern = self.kernel(call)
-        if forced or self.edits_scores(call):
+        q, k, v = p.q, p.k, p.v
+        for part in plan.active:
+            q, k, v = part.edit_qkv(q, k, v, call)
+        if plan.path == "explicit":
             out = explicit_attention(
-                q,
-                k,
-                v,
-                mask=p.mask,
-                edit_logits=lambda s: self.edit_logits(s, call),
-                edit_probs=lambda a: self.edit_probs(a, call),
+                q, k, v, mask=p.mask, edit_logits=_chain(plan.active, "edit_logits", call),
+                edit_probs=_chain(plan.active, "edit_probs", call),
             )
-        elif kern is not None:
-            out = kern(q, k, v, mask=p.mask, scale=None)
+        elif plan.kernel is not None:
+            out = plan.kernel(q, k, v, mask=p.mask, scale=None)
         else:
             out = self._fast(q, k, v, p.mask, cross)
-        return p.finish(self._with_added(out, p, kern, q=q))
+        return p.finish(self._with_added(out, p, plan.kernel, q=q))
+
+    def _require(self, call: CallInfo) -> None:
+        missing = [
+            need for need in self.needs()
+            if (need == "step" and call.step is None) or (need == "branch" and call.labels is None)
+            or (need == "grid" and call.grid is None)
+        ]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} on {self.site.name} cannot act: nobody told its controller the "
+                f"{' and the '.join(missing)} of this call. {_HOW_TO_DRIVE}"
+            )
+
+    def route(self, call: CallInfo) -> Route:
+        """How this call is computed (one decision per call; `wants` is asked once per processor)."""
+        return Route("explicit", (self,)) if self.path == "explicit" else route((self,), call)
+
+    def _count(self, plan: Route) -> None:
+        if self.stats_key is not None:
+            self.controller.stats[f"{self.stats_key}.path.{plan.outcome(self)}"] += 1
 
     def _fast(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cross: bool, parallel: bool = True
@@ -253,7 +368,8 @@ class ControlledProcessor:
 
 
 class ComposedProcessor(ControlledProcessor):
-    """Two or more technique processors on one layer, combined by the rule in the module docstring."""
+    """Two or more technique processors on one layer, combined per call by the rule in the module
+    docstring: `route` picks the active parts once per call and `__call__` runs their hooks."""
 
     def __init__(self, parts: Sequence[ControlledProcessor]) -> None:
         parts = [q for p in parts for q in (p.parts if isinstance(p, ComposedProcessor) else [p])]
@@ -265,48 +381,28 @@ class ComposedProcessor(ControlledProcessor):
         )
         names = [type(p).__name__ for p in parts]
         kernels = [type(p).__name__ for p in parts if _overrides(p, "kernel")]
-        scorers = [type(p).__name__ for p in parts if p.may_edit_scores()]
         if len(kernels) > 1:
             raise ValueError(
-                f"{first.site.name}: {kernels} each choose the attention kernel; install them on "
-                "different layers (Select) or build one kernel that does both."
-            )
-        if kernels and scorers:
-            raise ValueError(
-                f"{first.site.name}: {kernels[0]} chooses the kernel but {scorers} edit logits/probs "
-                "(explicit softmax); install them on different layers."
+                f"{first.site.name}: {kernels} each choose the attention kernel, and a call runs one "
+                "kernel. Compose them inside one technique, e.g. "
+                "TileSparseConfig(kernel=SageConfig(...)) runs the Sage kernel on the tile-sparse kept "
+                "keys; or install them on different layers (Select)."
             )
         self.parts, self.names = list(parts), names
+
+    def route(self, call: CallInfo) -> Route:
+        plan = route(self.parts, call)
+        return Route("explicit", plan.active) if self.path == "explicit" else plan
+
+    def _count(self, plan: Route) -> None:
+        for part in self.parts:
+            part._count(plan)
 
     def wants(self, call: CallInfo) -> bool:
         return any(p.wants(call) for p in self.parts)
 
-    def _active(self, call: CallInfo) -> list[ControlledProcessor]:
-        return [p for p in self.parts if p.wants(call)]
-
-    def edit_qkv(self, q: Tensor, k: Tensor, v: Tensor, call: CallInfo) -> tuple[Tensor, Tensor, Tensor]:
-        for p in self._active(call):
-            q, k, v = p.edit_qkv(q, k, v, call)
-        return q, k, v
-
-    def edit_logits(self, logits: Tensor, call: CallInfo) -> Tensor:
-        for p in self._active(call):
-            logits = p.edit_logits(logits, call)
-        return logits
-
-    def edit_probs(self, probs: Tensor, call: CallInfo) -> Tensor:
-        for p in self._active(call):
-            probs = p.edit_probs(probs, call)
-        return probs
-
-    def kernel(self, call: CallInfo) -> Attend | None:
-        for p in self._active(call):
-            if (kern := p.kernel(call)) is not None:
-                return kern
-        return None
-
-    def edits_scores(self, call: CallInfo) -> bool:
-        return any(p.edits_scores(call) for p in self._active(call))
+    def needs(self) -> tuple[Need, ...]:
+        return tuple(dict.fromkeys(n for p in self.parts for n in p.needs()))
 
     def may_edit_scores(self) -> bool:
         return any(p.may_edit_scores() for p in self.parts)
@@ -316,7 +412,7 @@ class ComposedProcessor(ControlledProcessor):
 
 
 def compose(existing: ControlledProcessor, new: ControlledProcessor) -> ComposedProcessor:
-    """Combine two technique processors on one layer (existing first); raises on a kernel conflict."""
+    """Combine two technique processors on one layer (existing first); raises when both choose kernels."""
     if existing.site.name != new.site.name:
         raise ValueError(
             f"cannot compose processors of different layers: {existing.site.name} vs {new.site.name}"

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from .controller import Controller
 from .install import apply
-from .processor import CallInfo, ControlledProcessor
+from .processor import CallInfo, ControlledProcessor, Need
 from .registry import register_technique
 from .sites import Select, Site
 
@@ -152,6 +152,11 @@ class StoreProcessor(ControlledProcessor):
     @property
     def store(self) -> AttentionStore:
         return self.controller.stores.setdefault(self.config.name, AttentionStore(self.config.aggregate))
+
+    def needs(self) -> tuple[Need, ...]:
+        """Row labels to keep one CFG branch; the step to keep chosen steps."""
+        branch: tuple[Need, ...] = ("branch",) if self.config.branch is not None else ()
+        return branch + (("step",) if self.config.steps else ())
 
     def wants(self, call: CallInfo) -> bool:
         return not self.config.steps or call.step in self.config.steps

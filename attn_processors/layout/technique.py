@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from ..core.controller import Controller
-from ..core.processor import CallInfo, ControlledProcessor
+from ..core.processor import CallInfo, ControlledProcessor, Need
 from ..core.registry import register_technique
 from ..core.sites import Site
 from .losses import LossTerms, LossWeights, PermSource, SamplingParams, csg_loss
@@ -190,6 +190,10 @@ class LayoutProcessor(ControlledProcessor):
         if hw not in self._masks:
             self._masks[hw] = self.config.masks(hw)
         return self._masks[hw]
+
+    def needs(self) -> tuple[Need, ...]:
+        """The step: redistribution runs on the first ``redistribute_last_step`` steps only."""
+        return ("step",)
 
     def wants(self, call: CallInfo) -> bool:
         if call.hw is None:

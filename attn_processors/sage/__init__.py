@@ -18,12 +18,13 @@ from .dispatch import (
     choose_kernel,
     detect_arch,
     reset_counters,
+    sage_kernel,
     sageattn,
     sdpa_attention,
 )
 from .quant import ARCH_PRESETS, GRANULARITIES, Tiles
 from .reference import simulate
-from .spec import MODES, SageSpec, spec_for
+from .spec import RECIPES, SageSpec, spec_for
 
 _LAZY = {"SageConfig": "technique", "SageProcessor": "technique", "sage_report": "technique",
          "load_policy": "technique", "calibrate": "calibration", "write_policy": "calibration",
@@ -31,8 +32,8 @@ _LAZY = {"SageConfig": "technique", "SageProcessor": "technique", "sage_report":
 
 __all__ = [
     "ARCH_PRESETS", "BACKENDS", "FALLBACKS", "GRANULARITIES", "KERNEL_CALLS", "MAX_HEAD_DIM", "MIN_KV_LEN",
-    "MODES", "SageSpec", "Tiles", "choose_kernel", "detect_arch", "reset_counters", "sageattn",
-    "sdpa_attention", "simulate", "spec_for", *_LAZY,
+    "RECIPES", "SageSpec", "Tiles", "choose_kernel", "detect_arch", "reset_counters", "sage_kernel",
+    "sageattn", "sdpa_attention", "simulate", "spec_for", *_LAZY,
 ]
 
 

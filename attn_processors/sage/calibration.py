@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,10 @@ import torch
 
 from ..core.controller import Controller
 from ..core.install import apply
-from ..core.kernels import sdpa
+from ..core.kernels import Attend, sdpa
 from ..core.processor import CallInfo, ControlledProcessor
 from ..core.registry import register_technique
 from ..core.sites import Select, Site
-from .dispatch import sageattn
 from .technique import SageConfig
 
 STORE = "sage_calibration"  # controller.stores key: {(layer, step): [score, ...]}
@@ -53,18 +52,20 @@ class SageCalibration:
 
 
 class _Probe(ControlledProcessor):
+    """Returns exact attention; scores the Sage kernel (without its NaN guard) on the same q/k/v."""
+
     def __init__(self, site: Site, controller: Controller, config: SageConfig) -> None:
         super().__init__(site, controller)
-        self.config = config
+        self.config = replace(config, nan_guard=False)  # a non-finite output must score 0, not be rescued
 
-    def kernel(self, call: CallInfo):
-        cfg, name, step = self.config, self.site.name, call.step
+    def kernel(self, call: CallInfo) -> Attend:
+        name, step = self.site.name, call.step
         scores = call.controller.stores.setdefault(STORE, defaultdict(list))
+        quantized = self.config.attend_kernel(call.controller.stats)
 
         def exact_and_scored(q, k, v, *, mask=None, scale=None):
             exact = sdpa(q, k, v, mask=mask, scale=scale)
-            quant = sageattn(q, k, v, sm_scale=scale, attn_mask=mask, mode=cfg.mode, backend=cfg.backend,
-                             arch=cfg.arch, min_kv_len=cfg.min_kv_len, nan_guard=False)
+            quant = quantized(q, k, v, mask=mask, scale=scale)
             finite = bool(torch.isfinite(quant).all())
             scores[(name, -1 if step is None else step)].append(score(quant, exact) if finite else 0.0)
             return exact
@@ -83,7 +84,7 @@ def calibrate(
 ) -> dict[str, Any]:
     """Profile ``score`` per (layer, step) over ``prompts`` and return the policy dict.
 
-    ``config`` (default ``SageConfig(backend="simulate")``) names the mode, backend and layers.
+    ``config`` (default ``SageConfig(backend="simulate")``) names the recipe, backend and layers.
     ``call_kwargs`` go to ``pipe(...)`` (steps, size, frames). Calls scored below ``threshold``
     become ``dense_calls``; the default 0.998 sits between SageAttention 1's per-layer cos >= 0.998
     kernel choice and the 8-bit kernels' typical score on real activations.
@@ -105,7 +106,7 @@ def calibrate(
         table[name][str(step)] = mean
         if mean < threshold and step >= 0:
             dense.append([name, step])
-    return {"mode": config.mode, "metric": METRIC, "threshold": threshold, "prompts": list(prompts),
+    return {"recipe": config.recipe, "metric": METRIC, "threshold": threshold, "prompts": list(prompts),
             "scores": dict(table), "dense_calls": dense}
 
 

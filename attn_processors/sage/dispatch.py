@@ -1,15 +1,17 @@
-"""``sageattn``: the upstream call shape, our dispatch, logged SDPA fallbacks and the NaN guard.
+"""``sageattn``: the upstream call shape, dispatch through the core's table, the NaN guard.
 
-``choose_kernel`` returns ``(kernel, reason)`` like upstream's per-arch switch; every reason for
-running SDPA instead of a quantized kernel is logged once and counted in ``FALLBACKS``. Inputs
-are never written to (SageAttention 1.0.6 subtracted the K mean in place).
+``choose_kernel`` returns ``(kernel, reason)`` like upstream's per-arch switch; it is one row of the
+core's dispatch table (``core.kernels.dispatch``) whose rules say why a call runs SDPA instead,
+logged once per reason. Counts go to the run's ``controller.stats`` when the kernel runs inside a
+pipeline (``sage_kernel(..., stats=ctrl.stats)``); direct ``sageattn`` calls count in the
+module's ``FALLBACKS`` / ``KERNEL_CALLS``, which no run report reads. Inputs are never written to
+(SageAttention 1.0.6 subtracted the K mean in place).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-import logging
 import math
 from collections import Counter
 from dataclasses import replace
@@ -18,11 +20,19 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..core.kernels import (
+    Attend,
+    KernelSpec,
+    Unsupported,
+    dispatch,
+    first_unsupported,
+    forget_warnings,
+    warn_once,
+)
+from ..core.policy import check_choice
 from .quant import ARCH_PRESETS, LOG2E, head_dim_scale
 from .reference import quantize_qk, quantize_v, simulate
-from .spec import DEFAULT_ARCH, MODES, SAGE1_TILES, SageSpec, spec_for
-
-logger = logging.getLogger(__name__)
+from .spec import DEFAULT_ARCH, RECIPES, SAGE1_TILES, SageSpec, spec_for
 
 Backend = Literal[
     "auto",  # upstream sageattention>=2.1.1 on CUDA, else SDPA (our Triton kernel only when asked for)
@@ -38,25 +48,29 @@ MAX_HEAD_DIM = 128  # upstream raises "Unsupported head_dim" above this
 UPSTREAM_MIN_VERSION = (2, 1, 1)  # Diffusers' _REQUIRED_SAGE_VERSION
 TRITON_TILES = ARCH_PRESETS["sm89"].tiles  # our kernel: groups + key blocks 128/32/64/64 (triton_spec)
 
-FALLBACKS: Counter[str] = Counter()  # reason category -> number of calls that ran SDPA instead
-KERNEL_CALLS: Counter[str] = Counter()  # kernel -> number of calls
-_warned: set[str] = set()
+LABEL = "sage"  # stats keys "sage.kernel.<name>", "sage.fallback.<category>", "sage.long_seq_fp16_pv"
 
-
-def _fallback(category: str, detail: str) -> tuple[str, str]:
-    FALLBACKS[category] += 1
-    if category not in _warned:
-        _warned.add(category)
-        logger.warning("SageAttention falls back to SDPA (%s): %s; further cases are only counted",
-                       category, detail)
-    return "sdpa", f"{category}: {detail}"
+FALLBACKS: Counter[str] = Counter()  # direct sageattn/choose_kernel calls: category -> calls run by SDPA
+KERNEL_CALLS: Counter[str] = Counter()  # direct sageattn calls: kernel -> calls
 
 
 def reset_counters() -> None:
-    """Clear fallback/kernel counters and the logged-once memory (tests, benchmarks)."""
+    """Clear the direct-call counters and the logged-once memory of Sage fallbacks (tests, benchmarks)."""
     FALLBACKS.clear()
     KERNEL_CALLS.clear()
-    _warned.clear()
+    forget_warnings(f"{LABEL}:")
+
+
+def _absorb(stats: Counter[str]) -> None:
+    """Add one direct call's counts to FALLBACKS / KERNEL_CALLS."""
+    for key, n in stats.items():
+        group, _, name = key.removeprefix(f"{LABEL}.").partition(".")
+        if group == "fallback":
+            FALLBACKS[name] += n
+        elif group == "kernel":
+            KERNEL_CALLS[name] += n
+        else:
+            KERNEL_CALLS[group] += n  # "long_seq_fp16_pv"
 
 
 @functools.cache
@@ -99,65 +113,84 @@ def _interpreting() -> bool:
 
 
 def choose_kernel(
-    q: torch.Tensor, k: torch.Tensor, *, backend: str = "auto", mode: str = "release",
+    q: torch.Tensor, k: torch.Tensor, *, backend: str = "auto", recipe: str = "release",
     attn_mask: torch.Tensor | None = None, min_kv_len: int = MIN_KV_LEN, max_head_dim: int = MAX_HEAD_DIM,
-    requires_grad: bool = False,
+    requires_grad: bool = False, stats: Counter[str] | None = None,
 ) -> tuple[str, str]:
     """Pick ``"simulate" | "triton" | "upstream" | "sdpa"`` for one call; the reason says why.
 
-    Fallback rules (each logged once, counted in ``FALLBACKS``): attention mask, head dim above
-    128, autograd, kv length below ``min_kv_len``, CPU without an explicit kernel request, no
-    usable GPU kernel. An explicit backend that cannot run at all raises ValueError instead.
+    Fallback rules (each logged once, counted in ``stats``, else in ``FALLBACKS``): attention mask,
+    head dim above 128, autograd, kv length below ``min_kv_len``, CPU without an explicit kernel
+    request, no usable GPU kernel. An explicit backend that cannot run at all raises ValueError.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    check_choice("backend", backend, BACKENDS)
+    check_choice("recipe", recipe, RECIPES)
+    sink = Counter() if stats is None else stats
     if backend == "sdpa":
-        return "sdpa", "requested"
-    if attn_mask is not None:
-        return _fallback("mask", "the quantized kernels take no attention mask")
-    if q.shape[-1] > max_head_dim:
-        return _fallback("head_dim", f"head dim {q.shape[-1]} > {max_head_dim}")
-    if requires_grad:
-        return _fallback("autograd", "the quantized kernels have no backward; run under torch.no_grad()")
-    if k.shape[-2] < min_kv_len:
-        return _fallback("short_kv", f"kv length {k.shape[-2]} < min_kv_len={min_kv_len}")
+        sink[f"{LABEL}.kernel.sdpa"] += 1
+        choice = ("sdpa", "requested")
+    else:
+        rules = first_unsupported(
+            lambda q, k, v, m: None if m is None else Unsupported(
+                "mask", "the quantized kernels take no attention mask"),
+            lambda q, k, v, m: None if q.shape[-1] <= max_head_dim else Unsupported(
+                "head_dim", f"head dim {q.shape[-1]} > {max_head_dim}"),
+            lambda q, k, v, m: None if not requires_grad else Unsupported(
+                "autograd", "the quantized kernels have no backward; run under torch.no_grad()"),
+            lambda q, k, v, m: None if k.shape[-2] >= min_kv_len else Unsupported(
+                "short_kv", f"kv length {k.shape[-2]} < min_kv_len={min_kv_len}"),
+            functools.partial(_backend_rule, backend, recipe),
+        )
+        name = "upstream" if backend == "auto" else backend
+        picked = dispatch([KernelSpec(name, None, rules)], q, k, k, attn_mask, label=LABEL, stats=sink)
+        choice = (picked.name, "requested" if picked.name == backend else picked.reason)
+    if stats is None:
+        _absorb(sink)
+    return choice
+
+
+def _backend_rule(backend: str, recipe: str, q: torch.Tensor, k, v, mask) -> Unsupported | None:
+    """Whether the requested (or, for auto, the best) kernel runs here; an impossible request raises."""
     if backend == "simulate":
-        return "simulate", "requested"
+        return None
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' needs the triton package (pip install 'attn-processors[gpu]')")
         if q.device.type != "cuda" and not _interpreting():
             raise ValueError("backend='triton' on CPU needs TRITON_INTERPRET=1 set before the first call; "
                              "use backend='simulate' for the reference")
-        if mode == "paper4bit":
-            raise ValueError("our Triton kernel is INT8 only; run mode='paper4bit' with backend='simulate'")
-        return "triton", "requested"
+        if recipe == "paper4bit":
+            raise ValueError("our Triton kernel is INT8 only; run recipe='paper4bit' with backend='simulate'")
+        return None
     if backend == "upstream":
         ver = upstream_version()
         if ver is None or ver < UPSTREAM_MIN_VERSION or q.device.type != "cuda":
             raise ValueError(f"backend='upstream' needs sageattention>=2.1.1 on a CUDA device (found {ver}, "
                              f"device {q.device.type})")
-        if mode == "paper4bit":
+        if recipe == "paper4bit":
             raise ValueError("upstream sageattention exposes no INT4 path; use backend='simulate'")
-        return "upstream", "requested"
-    # auto
+        return None
+    return _auto_rule(recipe, q)
+
+
+def _auto_rule(recipe: str, q: torch.Tensor) -> Unsupported | None:
+    """backend="auto": upstream sageattention on a supported GPU, else SDPA with the reason."""
     if q.device.type != "cuda":
-        return _fallback("cpu", "no quantized kernel on CPU; pass backend='simulate' for the reference")
+        return Unsupported("cpu", "no quantized kernel on CPU; pass backend='simulate' for the reference")
     arch = detect_arch(q.device)
     if arch is None:
-        return _fallback("arch", f"unsupported CUDA capability {torch.cuda.get_device_capability(q.device)}")
-    if mode == "paper4bit":
-        return _fallback("int4", "no INT4 kernel is available; use backend='simulate'")
+        capability = torch.cuda.get_device_capability(q.device)
+        return Unsupported("arch", f"unsupported CUDA capability {capability}")
+    if recipe == "paper4bit":
+        return Unsupported("int4", "no INT4 kernel is available; use backend='simulate'")
     ver = upstream_version()
     if ver is not None and ver >= UPSTREAM_MIN_VERSION:
-        return "upstream", f"sageattention {'.'.join(map(str, ver))} on {arch}"
+        return None
     # Our Triton kernel follows the recipe (parity with the simulator: relL1 <= 5e-4 on an H200) but ran
     # at 0.56x / 0.62x of cuDNN SDPA there at N = 16K / 32K, D = 128 (benchmarks/results/sage_gpu_h200.json):
     # auto must not make a model slower, so it runs SDPA; backend="triton" still selects the kernel.
-    return _fallback("no_upstream", "sageattention>=2.1.1 is not installed; our Triton kernel "
-                     "(backend='triton') measured 0.56-0.62x of cuDNN SDPA on an H200, so auto runs SDPA")
+    return Unsupported("no_upstream", "sageattention>=2.1.1 is not installed; our Triton kernel "
+                       "(backend='triton') measured 0.56-0.62x of cuDNN SDPA on an H200, so auto runs SDPA")
 
 
 def sdpa_attention(
@@ -199,6 +232,19 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensor_layout: 
         raise ValueError(f"dtype must be float16, bfloat16 or float32, got {q.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    n_axis = 2 if tensor_layout == "HND" else 1
+    if q.shape[n_axis] == 0 or k.shape[n_axis] == 0:
+        raise ValueError(f"sageattn needs at least one query and one key token, got Nq={q.shape[n_axis]}, "
+                         f"Nk={k.shape[n_axis]} ({tensor_layout}); skip the call for an empty sequence")
+
+
+def _validate_heads(q: torch.Tensor, k: torch.Tensor, is_causal: bool) -> None:
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} must be a multiple of kv heads {k.shape[1]}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k head dims differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError("is_causal needs equal query and key lengths (as upstream)")
 
 
 def sageattn(
@@ -210,7 +256,7 @@ def sageattn(
     is_causal: bool = False,
     sm_scale: float | None = None,
     return_lse: bool = False,
-    mode: str = "release",
+    recipe: str = "release",
     backend: str = "auto",
     attn_mask: torch.Tensor | None = None,
     arch: str | None = None,
@@ -222,48 +268,96 @@ def sageattn(
     """SageAttention with upstream's call shape; a drop-in for ``sageattention.sageattn``.
 
     q ``[B, Hq, Nq, D]`` and k, v ``[B, Hkv, Nk, D]`` for ``tensor_layout="HND"`` (``"NHD"``:
-    ``[B, N, H, D]``); ``Hq % Hkv == 0`` (GQA). Returns the output in q's dtype and layout, plus
-    the natural-log LSE ``[B, Hq, Nq]`` (fp32) with ``return_lse``. ``arch`` picks the tile preset
-    (default: the device's, ``"sm90"`` on CPU); ``spec`` overrides ``mode`` entirely (simulate).
+    ``[B, N, H, D]``); ``Hq % Hkv == 0`` (GQA); ``Nq, Nk >= 1`` (an empty sequence raises). Returns
+    the output in q's dtype and layout, plus the natural-log LSE ``[B, Hq, Nq]`` (fp32) with
+    ``return_lse``. ``recipe`` names the quantization (``spec.RECIPES``); ``arch`` picks the tile
+    preset (default: the device's, ``"sm90"`` on CPU); ``spec`` overrides ``recipe`` entirely.
     Above ``long_seq_fp16_pv`` keys, FP8 P.V switches to FP16 P.V (FP8 noise grows with length,
-    thu-ml #388); None keeps FP8 at any length.
+    thu-ml #388); None keeps FP8 at any length. Counts go to ``FALLBACKS`` / ``KERNEL_CALLS``.
 
     >>> q = k = v = torch.randn(1, 2, 256, 64)
     >>> sageattn(q, k, v, backend="simulate", min_kv_len=0).shape
     torch.Size([1, 2, 256, 64])
     """
+    stats: Counter[str] = Counter()
+    try:
+        return run_sage(q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, sm_scale=sm_scale,
+                        return_lse=return_lse, recipe=recipe, backend=backend, attn_mask=attn_mask, arch=arch,
+                        min_kv_len=min_kv_len, nan_guard=nan_guard, long_seq_fp16_pv=long_seq_fp16_pv,
+                        spec=spec, stats=stats)
+    finally:
+        _absorb(stats)
+
+
+def run_sage(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, tensor_layout: str, is_causal: bool,
+    sm_scale: float | None, return_lse: bool, recipe: str, backend: str, attn_mask: torch.Tensor | None,
+    arch: str | None, min_kv_len: int, nan_guard: bool, long_seq_fp16_pv: int | None, spec: SageSpec | None,
+    stats: Counter[str],
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``sageattn`` counting into ``stats`` (a run's ``controller.stats``, or one direct call's)."""
     _validate(q, k, v, tensor_layout)
     if tensor_layout == "NHD":
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # views in HND, [B, H, N, D]
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads {q.shape[1]} must be a multiple of kv heads {k.shape[1]}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k head dims differ: {q.shape[-1]} vs {k.shape[-1]}")
-    if is_causal and q.shape[-2] != k.shape[-2]:
-        raise ValueError("is_causal needs equal query and key lengths (as upstream)")
+    _validate_heads(q, k, is_causal)
     requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    kernel, _ = choose_kernel(q, k, backend=backend, mode=mode, attn_mask=attn_mask, min_kv_len=min_kv_len,
-                              requires_grad=requires_grad)
-    KERNEL_CALLS[kernel] += 1
+    kernel, _ = choose_kernel(q, k, backend=backend, recipe=recipe, attn_mask=attn_mask,
+                              min_kv_len=min_kv_len, requires_grad=requires_grad, stats=stats)
     kw = dict(is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse)
     if kernel == "sdpa":
         res = sdpa_attention(q, k, v, attn_mask=attn_mask, **kw)
     else:
         arch = arch or detect_arch(q.device) or DEFAULT_ARCH
-        spec = spec or spec_for(mode, arch)
+        spec = spec or spec_for(recipe, arch)
         if spec.pv == "fp8" and long_seq_fp16_pv is not None and k.shape[-2] > long_seq_fp16_pv:
-            KERNEL_CALLS["long_seq_fp16_pv"] += 1
+            stats[f"{LABEL}.long_seq_fp16_pv"] += 1
             spec = replace(spec, pv="fp16")
         res = _run_kernel(kernel, q, k, v, spec, **kw)
         out = res[0] if return_lse else res
         if nan_guard and not bool(torch.isfinite(out).all()):
-            _fallback("nonfinite", f"{kernel} produced NaN/Inf; this call was recomputed with SDPA")
+            _nonfinite(kernel, q, k, v, stats)
             res = sdpa_attention(q, k, v, **kw)
     out, lse = (res if return_lse else (res, None))
     out = out.to(q.dtype)
     if tensor_layout == "NHD":
         out = out.transpose(1, 2)
     return (out, lse.float()) if return_lse else out
+
+
+def _nonfinite(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: Counter[str]) -> None:
+    """Count and log (once per cause) a non-finite quantized output, saying whether the input caused it."""
+    bad = [name for name, t in (("q", q), ("k", k), ("v", v)) if not bool(torch.isfinite(t).all())]
+    if bad:
+        category = "nonfinite_input"
+        detail = (f"the input {'/'.join(bad)} already held NaN/Inf before {kernel} ran (not a kernel fault); "
+                  "the call was recomputed with SDPA, which carries the non-finite values through")
+    else:
+        category = "nonfinite"
+        detail = f"{kernel} produced NaN/Inf from finite inputs; this call was recomputed with SDPA"
+    stats[f"{LABEL}.fallback.{category}"] += 1
+    warn_once(f"{LABEL}:fallback:{category}",
+              f"{LABEL} kernel falls back to SDPA ({category}): {detail}; further cases are only counted")
+
+
+def sage_kernel(
+    *, recipe: str = "release", backend: str = "auto", arch: str | None = None,
+    min_kv_len: int = MIN_KV_LEN, nan_guard: bool = True, long_seq_fp16_pv: int | None = LONG_SEQ_FP16_PV,
+    stats: Counter[str] | None = None,
+) -> Attend:
+    """The Sage kernel as an ``attend(q, k, v, *, mask=None, scale=None)`` on [B, H, N, D], counting into
+    ``stats`` (a run's ``controller.stats``; None: the direct-call counters). Every technique that runs
+    Sage (its processor, its calibration probe, an inner kernel of tile-sparse) goes through this one."""
+
+    def sage_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
+                    scale: float | None = None) -> torch.Tensor:
+        options = dict(recipe=recipe, backend=backend, attn_mask=mask, arch=arch, min_kv_len=min_kv_len,
+                       nan_guard=nan_guard, long_seq_fp16_pv=long_seq_fp16_pv, sm_scale=scale)
+        if stats is None:
+            return sageattn(q, k, v, **options)
+        return run_sage(q, k, v, tensor_layout="HND", is_causal=False, return_lse=False, spec=None,
+                        stats=stats, **options)
+
+    return sage_attend
 
 
 def _run_kernel(

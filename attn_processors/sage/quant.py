@@ -54,7 +54,7 @@ class Tiles:
 
 @dataclass(frozen=True)
 class ArchPreset:
-    """What upstream ``sageattn()`` runs on one GPU architecture (brief table 2(8))."""
+    """What upstream ``sageattn()`` runs on one GPU architecture (its per-architecture kernel switch)."""
 
     name: str
     tiles: Tiles
@@ -64,6 +64,13 @@ class ArchPreset:
     v_scale_max: float  # 448, or 2.25 when the inner accumulator is FP16 ("fp32+fp16", SageAttn2++)
 
 
+Arch = Literal[
+    "sm80",  # A100
+    "sm86",  # A6000 / RTX 3090
+    "sm89",  # L40 / RTX 4090
+    "sm90",  # H100 / H20 / H200
+    "sm120",  # RTX 50xx
+]
 ARCH_PRESETS: dict[str, ArchPreset] = {
     # A100: sageattn_qk_int8_pv_fp16_cuda, fp32 accumulation
     "sm80": ArchPreset("sm80", Tiles(128, 32, 64, 64), "per_thread", "fp16", "fp32", FP8_E4M3_MAX),

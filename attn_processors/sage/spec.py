@@ -1,23 +1,23 @@
-"""Named SageAttention variants (``mode``) resolved against a GPU-architecture preset.
+"""Named SageAttention variants (``recipe``) resolved against a GPU-architecture preset.
 
 ``SageSpec`` is the complete numeric recipe the simulator and the kernels follow; the public API
-takes a ``mode`` name plus an ``arch`` and builds it with ``spec_for`` (overrides allowed, e.g. to
+takes a ``recipe`` name plus an ``arch`` and builds it with ``spec_for`` (overrides allowed, e.g. to
 switch quantization off in exactness checks or to compare granularities).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from .quant import ARCH_PRESETS, FP8_E4M3_MAX, GRANULARITIES, Tiles
 
-Mode = Literal[
+Recipe = Literal[
     "release",  # SageAttn2-8b, what the public package runs: INT8 per-thread QK, smooth-K, FP8 P~V
     "paper4bit",  # SageAttn2-4b (ICML'25 paper): INT4 per-thread QK, smooth-Q (+dS) and smooth-K, FP8 P~V
     "sage1",  # SageAttention 1: INT8 per-block QK, smooth-K, FP16 P.V
 ]
-MODES: tuple[str, ...] = ("release", "paper4bit", "sage1")
+RECIPES: tuple[str, ...] = get_args(Recipe)
 PV = Literal["fp8", "fp16", "fp32"]  # fp32 = no P/V rounding (exactness checks only)
 
 SAGE1_TILES = Tiles(128, 128, 64, 64)  # SageAttention 1.0.6 Triton: BLKQ 128, BLKK 64, per-block scales
@@ -47,21 +47,21 @@ class SageSpec:
             raise ValueError(f"v_scale_max must be in (0, 448], got {self.v_scale_max}")
 
 
-def spec_for(mode: str = "release", arch: str = DEFAULT_ARCH, **overrides: object) -> SageSpec:
-    """Build the recipe of ``mode`` on ``arch`` (``"sm80" | "sm86" | "sm89" | "sm90" | "sm120"``).
+def spec_for(recipe: str = "release", arch: str = DEFAULT_ARCH, **overrides: object) -> SageSpec:
+    """Build ``recipe`` on ``arch`` (``"sm80" | "sm86" | "sm89" | "sm90" | "sm120"``).
 
     >>> spec_for("release", "sm90").tiles
     Tiles(blk_q=64, warp_q=16, blk_k=128, warp_k=128)
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
     if arch not in ARCH_PRESETS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCH_PRESETS)}")
     a = ARCH_PRESETS[arch]
-    if mode == "release":
+    if recipe == "release":
         spec = SageSpec(8, a.qk_gran, a.tiles, smooth_k=True, smooth_q=False, pv=a.pv,
                         v_scale_max=a.v_scale_max)
-    elif mode == "paper4bit":
+    elif recipe == "paper4bit":
         # INT4 per-thread exists only as the sm89 mma.m16n8k64 layout (Hopper has no INT4 MMA)
         spec = SageSpec(4, "per_thread", ARCH_PRESETS["sm89"].tiles, smooth_k=True, smooth_q=True, pv="fp8")
     else:

@@ -22,7 +22,7 @@ def real_like(
     b: int, h: int, n: int, d: int, *, token_scale_sigma: float = 0.0, seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> QKV:
-    """Outlier-structured q, k, v ``[B, H, N, D]`` (brief "real-like-A"; ``token_scale_sigma=0.7`` is "B").
+    """Outlier-structured q, k, v ``[B, H, N, D]`` ("real-like-A" of docs/sage.md; sigma 0.7 gives "B").
 
     - 4 channels carry a bias of magnitude 6-15 shared by every token: K gets 1.5x it, Q 0.6x.
     - V gets a per-channel bias ~ N(0, 3^2).

@@ -5,7 +5,7 @@
 Every stage is seeded and resumable: the run folder holds ``vae.pt`` / ``cache.pt`` / ``dit.pt``
 checkpoints (weights, optimiser, EMA, step, RNG state) written every ``--save-every`` seconds, and a
 ``log.jsonl`` with the losses. Rerunning the same command continues where it stopped; a finished
-stage is skipped. Recipe (the video analogue of the image model's; see the README, embedded video model):
+stage is skipped. Recipe (the video analogue of the image model's; see docs/models.md, the video model):
 
 1. AutoencoderKLWan: L1 + MSE + 1e-6 KL on 9-frame clips, 32x32 crops and whole 64x64 frames.
 2. Cache posteriors (mean, std) of ``--cache-size`` 9-frame 64x64 clips; latents are normalised

@@ -1,0 +1,86 @@
+"""The text + depth trainer: cache, both phases on CPU in seconds, resume, an export stock Diffusers loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+from worlds.shapes3d.models import depth_control
+from worlds.shapes3d.render import render
+from worlds.shapes3d.scene import View, sample_scene
+from worlds.shapes3d.train_depth import main
+
+SHIPPED_VAE = Path(__file__).resolve().parents[1] / "assets" / "shapes-sd" / "vae"
+TINY = ["--vae", str(SHIPPED_VAE), "--scenes", "2", "--batch", "2", "--log-every", "1",
+        "--save-every", "1000", "--warmup", "2"]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sd3d")
+    main(["--out", str(out), "--steps", "2", "--controlnet-steps", "2", *TINY])
+    return out
+
+
+def test_cache_and_both_phases(run):
+    data = torch.load(run / "depth_cache.pt", weights_only=False)
+    assert data["mean"].shape == (12, 4, 16, 16) and data["control"].shape == (12, 64, 64)
+    assert data["ids"].shape[0] == 12 and float(data["control"].max()) == 1.0
+    done = {r["phase"]: r for r in _log(run) if r.get("done")}
+    assert done["unet"]["steps"] == 2 and done["controlnet"]["steps"] == 2
+
+
+def test_controlnet_phase_resumes(run, tmp_path):
+    import shutil
+
+    out = tmp_path / "more"
+    shutil.copytree(run, out)
+    main(["--out", str(out), "--steps", "2", "--controlnet-steps", "3", *TINY])
+    records = _log(out)
+    assert any(r.get("phase") == "controlnet" and r.get("resumed_at") == 2 for r in records)
+    assert torch.load(out / "controlnet_ckpt.pt", weights_only=False)["step"] == 3
+
+
+def test_export_loads_in_the_stock_controlnet_pipeline_offline(run, tmp_path):
+    dest = tmp_path / "shapes3d-sd"
+    main(["--out", str(run), "--export", str(dest)])
+    controlnet = ControlNetModel.from_pretrained(dest / "controlnet-depth", local_files_only=True)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(dest, controlnet=controlnet,
+                                                             local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    depth = render(sample_scene(0, 0).objects, View(20, 0, 2.4)).depth
+    img = pipe("a red cube and a blue sphere", image=depth_control(depth)[None], num_inference_steps=2,
+               height=64, width=64, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 64, 64, 3)
+    assert json.loads((dest / "training.json").read_text())["steps"] == {"unet": 2, "controlnet": 2}
+
+
+def test_missing_text_to_image_checkpoint_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unet_ckpt.pt is missing"):
+        main(["--out", str(tmp_path), "--export", str(tmp_path / "x")])
+
+
+def test_text_depth_eval_runs_on_an_exported_model(run, tmp_path):
+    import importlib.util
+
+    dest = tmp_path / "shapes3d-sd"
+    main(["--out", str(run), "--export", str(dest)])
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes3d_eval.py"
+    spec = importlib.util.spec_from_file_location("shapes3d_eval", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--model", str(dest), "--per-group", "1", "--steps", "2"])
+    for key in ("mask_iou", "colour_accuracy", "depth_adherence", "seconds_per_image"):
+        assert key in result
+    assert result["images"] == 4 and set(result["groups"]) == {"one", "two"}
+    assert 0.0 <= result["depth_adherence"] <= 1.0
+    with pytest.raises(ValueError, match="controlnet-depth"):
+        bench.main(["--model", str(tmp_path)])

@@ -1,0 +1,131 @@
+"""The novel-view trainer: three phases on CPU in seconds, checkpoints, exact resume, stops on time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from worlds.shapes3d.train_zero123 import main
+
+TINY = ["--vae-steps", "1", "--vae-batch", "6", "--scenes", "3", "--eval-scenes", "1", "--batch", "2",
+        "--log-every", "1", "--save-every", "1000", "--warmup", "2"]
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("z123")
+    main(["--out", str(out), "--steps", "2", *TINY])
+    return out
+
+
+def test_all_phases_write_their_outputs(run):
+    vae = AutoencoderKL.from_pretrained(run / "vae")
+    assert vae.config.scaling_factor > 0
+    views = torch.load(run / "views.pt", weights_only=False)
+    assert views["images"].shape == (3, 6, 64, 64, 3) and views["mean"].shape == (3, 6, 4, 16, 16)
+    state = torch.load(run / "unet_ckpt.pt", weights_only=False)
+    assert state["step"] == 2 and state["args"]["input_latent"] == "raw"
+    records = _log(run)
+    assert any(r.get("phase") == "vae" and r.get("done") for r in records)
+    losses = [r["loss"] for r in records if r.get("phase") == "unet" and "loss" in r]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+
+
+def test_resume_continues_exactly_where_a_straight_run_would_be(run, tmp_path):
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    main(["--out", str(resumed), "--steps", "4", *TINY])
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    for name in ("vae", "views.pt"):  # same VAE and cache, fresh UNet phase
+        src = run / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, straight / name)
+    main(["--out", str(straight), "--steps", "4", *TINY])
+    a = torch.load(resumed / "unet_ckpt.pt", weights_only=False)
+    b = torch.load(straight / "unet_ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    assert any(r.get("resumed_at") == 2 for r in _log(resumed))
+    for key in ("unet", "image_encoder", "cc_projection"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+    assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"], strict=True))
+
+
+def test_time_limit_stops_the_unet_phase(run, tmp_path):
+    import shutil
+
+    out = tmp_path / "timed"
+    shutil.copytree(run, out)
+    main(["--out", str(out), "--time-limit", "0.5", *TINY])
+    done = [r for r in _log(out) if r.get("done") and r.get("phase") == "unet"][-1]
+    assert done["stopped"] == "time_limit" and done["steps"] >= 2
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--time-limit", "-3"])
+    with pytest.raises(ValueError, match="--init-vae .* has no config.json"):
+        main(["--out", str(tmp_path), "--init-vae", str(tmp_path / "nowhere"), *TINY])
+
+
+def test_export_loads_with_plain_from_pretrained_and_samples(run, tmp_path):
+    from transformers import CLIPVisionModelWithProjection
+
+    from worlds.shapes3d.models import CCProjection
+    from worlds.shapes3d.zero123 import export, load_parts, sample
+
+    folder = export(run, tmp_path / "z123")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "Zero1to3StableDiffusionPipeline"
+    assert index["cc_projection"] == ["worlds.shapes3d.models", "CCProjection"]
+    assert index["feature_extractor"] == [None, None]
+    state = torch.load(run / "unet_ckpt.pt", weights_only=False)
+    cc = CCProjection.from_pretrained(folder / "cc_projection")
+    assert torch.equal(cc.projection.weight, state["ema"][-2])  # EMA weights exported, in order
+    assert isinstance(CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder"),
+                      CLIPVisionModelWithProjection)
+    parts = load_parts(folder)
+    assert parts.input_latent == "raw"
+    x = torch.zeros(2, 3, 64, 64)
+    poses = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.1, 1.0, 0.0, 0.0]])
+    a = sample(parts, x, poses, steps=2, generator=torch.Generator().manual_seed(0))
+    b = sample(parts, x, poses, steps=2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and a.abs().max() <= 1
+    with pytest.raises(ValueError, match="lacks"):
+        load_parts(tmp_path)
+
+
+def test_novel_view_eval_runs_on_an_exported_model(run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from worlds.shapes3d.scene import first_per_group, load_scenes
+    from worlds.shapes3d.score import copy_input_baseline, summarise
+    from worlds.shapes3d.zero123 import export
+
+    folder = export(run, tmp_path / "z123")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "novel_view_eval.py"
+    spec = importlib.util.spec_from_file_location("novel_view_eval", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--model", str(folder), "--per-group", "1", "--seeds", "1", "--steps", "2",
+                         "--save", str(tmp_path / "grids")])
+    for key in ("psnr", "ssim", "mask_iou", "colour_present", "seconds_per_view", "psnr_copy_input",
+                "mask_iou_copy_input"):
+        assert key in result
+    assert result["headline_groups"] == ["off_centre_1", "off_centre_2"]
+    scenes = first_per_group(load_scenes(bench.DEFAULT_SCENES), 1)
+    heads = [s for s in scenes if s.extra["group"].startswith("off_centre")]
+    copy = summarise([r for s in heads for r in copy_input_baseline(s)])
+    assert result["psnr_copy_input"] == copy["psnr"] and result["mask_iou_copy_input"] == copy["mask_iou"]
+    assert set(result["groups"]) == {"off_centre_1", "off_centre_2", "centred_1", "three"}
+    assert len(list((tmp_path / "grids").glob("*.png"))) == 4

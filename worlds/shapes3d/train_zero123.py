@@ -1,0 +1,304 @@
+"""Train the 3D world's novel-view model (Zero-1-to-3 structure): VAE fine-tune, view cache, then UNet.
+
+    python -m worlds.shapes3d.train_zero123 --out runs/zero123 --device cpu --steps 20000
+    python -m worlds.shapes3d.train_zero123 --out runs/zero123 --device cuda --batch 128 --time-limit 600
+
+Phases, each resumable from ``--out``:
+
+1. ``vae``: fine-tune ``--init-vae`` (default: the shipped shapes-sd VAE; its 2D-world latents
+   lose shading and hue on renders) on renders with L1 + MSE + 1e-7 KL; ``vae_ckpt.pt`` while
+   running, ``vae/`` when done, with ``scaling_factor`` = 1 / std of the render latents;
+2. ``cache``: ``--scenes`` scenes x 6 views rendered (``data.TRAIN_SPEC``) and encoded:
+   ``views.pt`` (images uint8, views, posterior mean and std in fp16);
+3. ``unet``: the UNet (8 channels), CLIP image encoder and ``cc_projection`` trained jointly on
+   pairs of distinct views of one scene: epsilon loss with min-SNR-5 weights, 10 % joint condition
+   dropout (token and input latent zeroed, Zero-1-to-3's classifier-free guidance), AdamW with
+   warm-up, clip 1, EMA 0.999. ``unet_ckpt.pt`` (models, EMA, optimiser, step, RNG) every
+   ``--save-every`` seconds and at the end; ``--steps`` is a target, so a larger number continues.
+
+The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
+(``--input-latent raw``) or times ``scaling_factor`` (``scaled``); the choice is saved with the run.
+``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
+(``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from worlds.finetune import Deadline
+
+from .data import TRAIN_SPEC, relative_poses, render_scenes, to_model_range
+from .models import (
+    build_cc_projection,
+    build_image_encoder,
+    build_zero123_unet,
+    condition_tokens,
+    train_scheduler,
+)
+
+DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
+VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
+HOLDOUT_SEED_OFFSET = 20_000  # held-out renders for the VAE's PSNR and latent scale
+
+
+def log(out: Path, record: dict) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    with open(out / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _flat_images(seed: int, start: int, count: int) -> torch.Tensor:
+    """``count`` scenes' views as one image batch (count * 6, 3, 64, 64) in [-1, 1]."""
+    return to_model_range(render_scenes(seed, start, count)["images"].flatten(0, 1))
+
+
+# ----------------------------------------------------------------------------------------- VAE
+@torch.no_grad()
+def vae_psnr(vae: AutoencoderKL, x: torch.Tensor) -> float:
+    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    return 10 * math.log10(4.0 / F.mse_loss(rec, x).item())  # range 2 -> peak^2 = 4
+
+
+def train_vae(args: argparse.Namespace, out: Path, device: torch.device) -> None:
+    if (out / "vae" / "config.json").exists():
+        return
+    init = Path(args.init_vae)
+    if not (init / "config.json").exists():
+        raise ValueError(f"--init-vae {init} has no config.json; give a Diffusers AutoencoderKL folder "
+                         "(e.g. assets/shapes-sd/vae)")
+    vae = AutoencoderKL.from_pretrained(init).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=1e-2)
+    ckpt, step = out / "vae_ckpt.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False, map_location=device)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    held = _flat_images(args.seed + HOLDOUT_SEED_OFFSET, 0, max(1, args.eval_scenes)).to(device)
+    log(out, {"phase": "vae", "step": step, "psnr_db": round(vae_psnr(vae.eval(), held), 2)})
+    vae.train()
+    per = max(1, args.vae_batch // TRAIN_SPEC.views)  # scenes per batch
+    last_save, t0 = time.time(), time.time()
+    while step < args.vae_steps:
+        x = _flat_images(args.seed + VAE_SEED_OFFSET, step * per, per).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + 1e-7 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % args.log_every == 0:
+            log(out, {"phase": "vae", "step": step, "loss": round(loss.item(), 5),
+                      "s_per_step": round((time.time() - t0) / args.log_every, 3)})
+            t0 = time.time()
+        if time.time() - last_save > args.save_every:
+            atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            last_save = time.time()
+    vae.eval()
+    with torch.no_grad():  # SD convention: latents * scaling_factor have unit variance
+        std = vae.encode(held).latent_dist.mode().std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.cpu().save_pretrained(out / "vae")
+    log(out, {"phase": "vae", "done": True, "steps": step, "psnr_db": round(vae_psnr(vae, held.cpu()), 2),
+              "scaling_factor": round(1.0 / std, 5)})
+
+
+# --------------------------------------------------------------------------------------- cache
+@torch.no_grad()
+def cache_views(args: argparse.Namespace, out: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rendered views and their VAE posteriors (kept and saved on the CPU)."""
+    path = out / "views.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval().to(device)
+    images, views, means, stds = [], [], [], []
+    chunk = 64
+    for start in range(0, args.scenes, chunk):
+        b = render_scenes(args.seed, start, min(chunk, args.scenes - start))
+        n, v = b["images"].shape[:2]
+        dist = vae.encode(to_model_range(b["images"].flatten(0, 1)).to(device)).latent_dist
+        images.append(b["images"])
+        views.append(b["views"])
+        means.append(dist.mean.half().cpu().unflatten(0, (n, v)))
+        stds.append(dist.std.half().cpu().unflatten(0, (n, v)))
+        log(out, {"phase": "cache", "scenes": start + n})
+    data = {"images": torch.cat(images), "views": torch.cat(views), "mean": torch.cat(means),
+            "std": torch.cat(stds), "scaling_factor": torch.tensor(vae.config.scaling_factor)}
+    atomic_save(data, path)
+    return data
+
+
+# ---------------------------------------------------------------------------------------- UNet
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+    ac = alphas_cumprod.to(t.device)[t]
+    snr = ac / (1 - ac)
+    return snr.clamp(max=gamma) / snr
+
+
+def sample_pairs(n_scenes: int, n_views: int, batch: int, gen: torch.Generator, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scene indices and two distinct view indices per sample, each (B,)."""
+    idx = torch.randint(0, n_scenes, (batch,), generator=gen, device=device)
+    src = torch.randint(0, n_views, (batch,), generator=gen, device=device)
+    tgt = (src + torch.randint(1, n_views, (batch,), generator=gen, device=device)) % n_views
+    return idx, src, tgt
+
+
+def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
+               ) -> None:
+    deadline = Deadline(args.time_limit, args.decay_tail)
+    torch.manual_seed(args.seed)
+    unet, enc, cc = build_zero123_unet(), build_image_encoder(), build_cc_projection()
+    unet, enc, cc = unet.to(device).train(), enc.to(device).train(), cc.to(device).train()
+    params = [p for m in (unet, enc, cc) for p in m.parameters()]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    sched = train_scheduler()
+    gen = torch.Generator(device=device).manual_seed(args.seed + 1)
+    ckpt, step = out / "unet_ckpt.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False, map_location=device)
+        for name, m in (("unet", unet), ("image_encoder", enc), ("cc_projection", cc)):
+            m.load_state_dict(state[name])
+        for e, s in zip(ema, state["ema"], strict=True):
+            e.copy_(s)
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        gen.set_state(state["gen"].cpu())  # generator states are CPU byte tensors on every device
+        args.input_latent = state["args"]["input_latent"]  # the run's choice, not this command line's
+        log(out, {"phase": "unet", "resumed_at": step})
+    if device.type == "cuda":
+        data = {k: v.to(device) for k, v in data.items()}
+    n_scenes, n_views = data["images"].shape[:2]
+    sf = float(data["scaling_factor"])
+    in_scale = sf if args.input_latent == "scaled" else 1.0
+    alphas = sched.alphas_cumprod.to(device)
+
+    def save() -> None:
+        atomic_save({"unet": unet.state_dict(), "image_encoder": enc.state_dict(),
+                     "cc_projection": cc.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step,
+                     "gen": gen.get_state(), "args": {k: str(v) if isinstance(v, Path) else v
+                                                      for k, v in vars(args).items()},
+                     "scaling_factor": sf}, ckpt)
+
+    last_save, t0, first = time.time(), time.time(), step
+    acc = torch.zeros((), dtype=torch.float64, device=device)  # loss sum on the device: no sync per step
+    while (args.steps is None or step < args.steps) and not deadline.passed():
+        idx, src, tgt = sample_pairs(n_scenes, n_views, args.batch, gen, device)
+        mean, std = data["mean"][idx, tgt].float(), data["std"][idx, tgt].float()
+        target = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * sf  # (B, 4, 16, 16)
+        cond_latent = data["mean"][idx, src].float() * in_scale  # (B, 4, 16, 16)
+        src_images = to_model_range(data["images"][idx, src])  # (B, 3, 64, 64)
+        poses = relative_poses(data["views"][idx], src, tgt)  # (B, 4)
+        keep = (torch.rand(args.batch, generator=gen, device=device) >= args.drop_prob).float()
+        tokens = condition_tokens(enc, cc, src_images, poses) * keep[:, None, None]  # (B, 1, 128)
+        noise = torch.randn(target.shape, generator=gen, device=device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen, device=device)
+        noisy = sched.add_noise(target, noise, t)
+        pred = unet(torch.cat([noisy, cond_latent * keep[:, None, None, None]], 1), t, tokens).sample
+        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * min_snr_weights(alphas, t)).mean()
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * deadline.lr_factor()
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        step += 1
+        acc += loss.detach().double()
+        if step % args.log_every == 0:
+            log(out, {"phase": "unet", "step": step, "loss": round(acc.item() / args.log_every, 5), "lr": lr,
+                      "s_per_step": round((time.time() - t0) / args.log_every, 4)})
+            acc.zero_()
+            t0 = time.time()
+        if time.time() - last_save > args.save_every:
+            save()
+            last_save = time.time()
+    save()
+    log(out, {"phase": "unet", "done": True, "steps": step,
+              "stopped": "time_limit" if deadline.passed() else "steps",
+              "steps_per_s": round((step - first) / max(deadline.elapsed(), 1e-9), 3)})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/zero123"))
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--steps", type=int, default=None,
+                   help="UNet steps (a target; resumable); default 20000, or no cap with --time-limit")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--drop-prob", type=float, default=0.1, help="joint condition dropout (for CFG)")
+    p.add_argument("--input-latent", choices=["raw", "scaled"], default="raw",
+                   help="source latent into the UNet: posterior mean as is (Zero-1-to-3) or x scaling_factor")
+    p.add_argument("--init-vae", type=Path, default=DEFAULT_INIT_VAE)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=12, help="images per VAE step (whole scenes of 6 views)")
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--scenes", type=int, default=4000, help="scenes (x 6 views) in the training cache")
+    p.add_argument("--eval-scenes", type=int, default=16, help="held-out scenes for VAE PSNR / latent scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--time-limit", type=float, default=None, metavar="SEC",
+                   help="stop the UNet phase SEC seconds after it starts")
+    p.add_argument("--decay-tail", type=float, default=0.3, metavar="FRAC")
+    p.add_argument("--phase", choices=["all", "vae", "cache", "unet"], default="all")
+    args = p.parse_args(argv)
+    if args.steps is None and args.time_limit is None:
+        args.steps = 20_000
+    if (args.steps is not None and args.steps < 0) or args.batch < 1 or args.scenes < 1:
+        p.error("need --steps >= 0, --batch >= 1 and --scenes >= 1")
+    try:
+        Deadline(args.time_limit, args.decay_tail)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.phase in ("all", "vae"):
+        train_vae(args, args.out, device)
+    if args.phase in ("all", "cache", "unet"):
+        if not (args.out / "vae" / "config.json").exists():
+            raise ValueError(f"{args.out}/vae is missing; run --phase vae (or all) first")
+        data = cache_views(args, args.out, device)
+        if args.phase in ("all", "unet"):
+            train_unet(args, args.out, device, data)
+
+
+if __name__ == "__main__":
+    main()
