@@ -49,6 +49,7 @@ _TECHNIQUE_CONFIGS = {
     "SageCalibration": "attn_processors.sage",
     "TileSparseConfig": "attn_processors.tile_sparse",
     "TileRecallProbe": "attn_processors.tile_sparse",
+    "ZeroToHeroConfig": "attn_processors.zero_to_hero",
 }
 for _name, _package in _TECHNIQUE_CONFIGS.items():
     register_config_home(_name, _package)
