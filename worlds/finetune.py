@@ -56,3 +56,16 @@ def time_decay_factor(elapsed: float, limit: float | None, tail: float) -> float
         return 1.0
     start = limit * (1.0 - tail)
     return 1.0 - 0.9 * min(1.0, max(0.0, (elapsed - start) / (limit * tail)))
+
+
+def training_device(name: str) -> torch.device:
+    """The device a trainer's ``--device`` names, with the CUDA index made explicit ("cuda" ->
+    "cuda:N", so the generator and the tensors share one device); a clear error without CUDA."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name} requested but torch.cuda.is_available() is False; use --device cpu"
+        )
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from worlds.finetune import Deadline, load_weights, require_parts
+from worlds.finetune import Deadline, load_weights, require_parts, training_device
 
 from .attention_check import grounding_loss, install_probes
 from .data import MAX_OBJECTS, scene_batch
@@ -441,12 +441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
-    device = torch.device(args.device)
+    device = training_device(args.device)
     if device.type == "cuda":
-        if device.index is None:  # "cuda" -> "cuda:N": one device for the generator and the tensors
-            device = torch.device("cuda", torch.cuda.current_device())
         torch.backends.cuda.matmul.allow_tf32 = True  # torch >= 2.9 may warn once (legacy API); harmless
         torch.backends.cudnn.allow_tf32 = True
     out = args.out

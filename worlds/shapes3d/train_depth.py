@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from worlds.finetune import Deadline
+from worlds.finetune import Deadline, training_device
 from worlds.shapes.tokenizer import save_vocab_files
 
 from .data import TRAIN_SPEC, render_scenes, to_model_range
@@ -257,9 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
-    device = torch.device(args.device)
+    device = training_device(args.device)
     out = args.out
     if args.export is not None:
         print(json.dumps({"exported": str(export(out, args.export))}))

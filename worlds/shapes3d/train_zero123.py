@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from worlds.finetune import Deadline
+from worlds.finetune import Deadline, training_device
 
 from .data import TRAIN_SPEC, relative_poses, render_scenes, to_model_range
 from .models import (
@@ -284,11 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch.cuda.is_available() is False; use --device cpu")
-    device = torch.device(args.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = training_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phase in ("all", "vae"):
         train_vae(args, args.out, device)
