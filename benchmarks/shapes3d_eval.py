@@ -109,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.per_group, args.steps = 2, 5
+    if args.steps < 1 or (args.per_group is not None and args.per_group < 1):
+        p.error("--steps and --per-group must be >= 1")
     return args
 
 

@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ def colour_labels(image: np.ndarray) -> np.ndarray:
     return np.where(ok, labels, -1)
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
+def dilate(mask: np.ndarray) -> np.ndarray:
     """4-neighbour dilation of a bool mask."""
     out = mask.copy()
     out[1:] |= mask[:-1]
@@ -65,27 +66,36 @@ def open_mask(mask: np.ndarray) -> np.ndarray:
     Anti-aliased rims of one colour can fall nearest to another reference colour (half-covered
     red pixels look orange); they form 1-px lines that the opening removes.
     """
-    eroded = ~_dilate(~mask)
-    return _dilate(eroded) & mask
+    eroded = ~dilate(~mask)
+    return dilate(eroded) & mask
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 4-connected component of a bool mask (flood fill by masked dilation)."""
+def components(mask: np.ndarray) -> Iterator[np.ndarray]:
+    """4-connected components of a bool mask, in scan order (flood fill by masked dilation)."""
     remaining = mask.copy()
-    best = np.zeros_like(mask)
-    best_size = 0
-    while remaining.sum() > best_size:  # a smaller leftover cannot beat the best
+    while remaining.any():
         ys, xs = np.nonzero(remaining)
         comp = np.zeros_like(mask)
         comp[ys[0], xs[0]] = True
         while True:
-            grown = _dilate(comp) & remaining
+            grown = dilate(comp) & remaining
             if grown.sum() == comp.sum():
                 break
             comp = grown
         remaining &= ~comp
-        if comp.sum() > best_size:
-            best, best_size = comp, int(comp.sum())
+        yield comp
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 4-connected component of a bool mask (the first of equal size)."""
+    best, best_size, left = np.zeros_like(mask), 0, int(mask.sum())
+    for comp in components(mask):
+        size = int(comp.sum())
+        if size > best_size:
+            best, best_size = comp, size
+        left -= size
+        if left <= best_size:  # a smaller leftover cannot beat the best
+            break
     return best
 
 
@@ -116,7 +126,7 @@ def detect(image: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Detection]:
         if comp.sum() < min_pixels:
             continue
         for _ in range(2):  # give back the rim and the triangle's apex the opening took
-            comp = _dilate(comp) & mask
+            comp = dilate(comp) & mask
         shape, iou, (x0, y0, x1, y1) = classify_shape(comp)
         found.append(Detection(colour, shape, (x0 / w, y0 / h, x1 / w, y1 / h), int(comp.sum()), iou))
     return found

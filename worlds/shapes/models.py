@@ -49,17 +49,21 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet(block_out_channels: tuple[int, ...] = (32, 64, 128)) -> UNet2DConditionModel:
+def build_unet(
+    block_out_channels: tuple[int, ...] = (32, 64, 128), *, in_channels: int = 4,
+    cross_attention_dim: int = TEXT_DIM,
+) -> UNet2DConditionModel:
+    """Cross-attention at 16x16, 8x8 and 4x4 of the 16x16 latent; `in_channels` 8 for Zero-1-to-3."""
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
         block_out_channels=block_out_channels,
         layers_per_block=1,
-        cross_attention_dim=TEXT_DIM,
+        cross_attention_dim=cross_attention_dim,
         attention_head_dim=4,  # Diffusers' legacy name: 4 heads per attention layer
         norm_num_groups=32,
     )

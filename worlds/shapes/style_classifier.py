@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .detector import MIN_PIXELS, classify_shape, colour_labels
+from .detector import MIN_PIXELS, classify_shape, colour_labels, components, dilate
 from .render import SceneObject
 from .styles import PAPER, Style
 from .vocab import COLOUR_RGB, COLOURS
@@ -78,20 +78,11 @@ class StyledDetection:
 
 
 # --------------------------------------------------------------------------- mask morphology
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
-
-
 def _erode(mask: np.ndarray, times: int = 1) -> np.ndarray:
     """4-neighbour erosion; pixels outside the array count as background."""
     for _ in range(times):
         padded = np.pad(mask, 1)
-        mask = ~_dilate(~padded)[1:-1, 1:-1]
+        mask = ~dilate(~padded)[1:-1, 1:-1]
     return mask
 
 
@@ -105,7 +96,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     outside = np.zeros_like(crop)
     outside[0, :] = outside[-1, :] = outside[:, 0] = outside[:, -1] = True
     while True:  # flood by masked dilation (crops are <= ~30 px, so this is a few dozen steps)
-        grown = _dilate(outside) & ~crop
+        grown = dilate(outside) & ~crop
         if (grown == outside).all():
             break
         outside = grown
@@ -122,7 +113,7 @@ def coverage_map(image: np.ndarray, ink: np.ndarray, silhouette: np.ndarray) -> 
     the background is the median of pixels away from the silhouette (paper when there are none).
     """
     x = image.astype(np.float32)
-    away = ~_dilate(_dilate(silhouette))
+    away = ~dilate(dilate(silhouette))
     bg = np.median(x[away], axis=0) if away.any() else np.array(PAPER, np.float32)
     obj = np.median(x[ink], axis=0)
     axis = obj - bg
@@ -204,30 +195,13 @@ def core_pixels(image: np.ndarray, ci: int) -> np.ndarray:
     return np.linalg.norm(image.astype(np.float32) - ref, axis=-1) < CORE_DISTANCE
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a bool mask (flood fill by masked dilation)."""
-    remaining, comps = mask.copy(), []
-    while remaining.any():
-        ys, xs = np.nonzero(remaining)
-        comp = np.zeros_like(mask)
-        comp[ys[0], xs[0]] = True
-        while True:
-            grown = _dilate(comp) & remaining
-            if grown.sum() == comp.sum():
-                break
-            comp = grown
-        remaining &= ~comp
-        comps.append(comp)
-    return comps
-
-
 def object_ink(image: np.ndarray, labels: np.ndarray, ci: int) -> np.ndarray | None:
     """Colour ``ci``'s object: its pixels in the (once dilated, so hatch lines and diagonal stroke
     steps join) component holding the most core pixels; None without ``MIN_CORE_PIXELS`` of them."""
     mask, core = labels == ci, core_pixels(image, ci) & (labels == ci)
     if core.sum() < MIN_CORE_PIXELS:
         return None
-    best = max(_components(_dilate(mask)), key=lambda c: int((c & core).sum()))
+    best = max(components(dilate(mask)), key=lambda c: int((c & core).sum()))
     return best & mask if (best & core).sum() >= MIN_CORE_PIXELS else None
 
 

@@ -37,7 +37,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from worlds.shapes.models import IMAGE_SIZE, LATENT_SIZE, SCHEDULE, build_text_encoder, build_unet, build_vae
+from worlds.shapes.models import IMAGE_SIZE, SCHEDULE, build_text_encoder, build_unet, build_vae
 from worlds.shapes.tokenizer import build_tokenizer
 from worlds.shapes.vocab import COLOURS, FUNCTION_WORDS, caption, object_phrase
 
@@ -67,19 +67,7 @@ class CCProjection(ModelMixin, ConfigMixin):
 
 def build_zero123_unet(block_out_channels: tuple[int, ...] = (32, 64, 128)) -> UNet2DConditionModel:
     """The shapes-sd UNet layout with 8 input channels (cross-attention at 16x16, 8x8 and 4x4)."""
-    return UNet2DConditionModel(
-        sample_size=LATENT_SIZE,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=block_out_channels,
-        layers_per_block=1,
-        cross_attention_dim=EMBED_DIM,
-        attention_head_dim=4,  # Diffusers' legacy name: 4 heads per attention layer
-        norm_num_groups=32,
-    )
+    return build_unet(block_out_channels, in_channels=8, cross_attention_dim=EMBED_DIM)
 
 
 def build_image_encoder() -> CLIPVisionModelWithProjection:
