@@ -27,7 +27,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -319,7 +319,7 @@ class Zero123Pipeline(DiffusionPipeline):
         config = z2h or (installed[1] if installed else ZeroToHeroConfig.plain(num_inference_steps))
         use_z2h = z2h is not None and (z2h.amf or z2h.msa)
         with apply(self.unet, z2h, controller=ctrl) if use_z2h else contextlib.nullcontext(), \
-                self._announcements_win(ctrl):
+                ctrl.driven_by_loop():
             z = self._sample(x, pose, config, ctrl, guidance_scale, eta, generator, latents,
                              callback_on_step_end)
         images = self._decode(z, output_type)
@@ -388,27 +388,6 @@ class Zero123Pipeline(DiffusionPipeline):
                 if isinstance(part, ZeroToHeroProcessor):
                     return part.controller, part.config
         return None
-
-    @contextlib.contextmanager
-    def _announcements_win(self, ctrl: Controller) -> Iterator[None]:
-        """Keep this loop's step / branch announcements through each UNet call: a stock-pipeline driver
-        (``apply(pipe, ...)`` or ``processors(pipe, ...)`` on the pipeline) would relabel the rows."""
-        said: dict[str, Any] = {}
-
-        def remember(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            said.update(step=ctrl.step, timestep=ctrl.timestep, branch=ctrl.branch, num_steps=ctrl.num_steps)
-
-        def restore(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            ctrl.step, ctrl.timestep, ctrl.branch = said["step"], said["timestep"], said["branch"]
-            ctrl.num_steps, ctrl.in_run = said["num_steps"], True
-
-        first = self.unet.register_forward_pre_hook(remember, with_kwargs=True, prepend=True)
-        last = self.unet.register_forward_pre_hook(restore, with_kwargs=True)
-        try:
-            yield
-        finally:
-            first.remove()
-            last.remove()
 
     def _decode(self, z: Tensor, output_type: str) -> Any:
         if output_type == "latent":

@@ -183,3 +183,18 @@ def test_nested_apply_on_a_pipeline_unwinds_cleanly(tiny_pipe_cache):
     assert "step" not in vars(pipe.scheduler) and "set_timesteps" not in vars(pipe.scheduler)
     assert "encode_prompt" not in vars(pipe)
     assert not pipe.unet._forward_pre_hooks
+
+
+def test_a_loop_driven_controller_is_left_alone_by_the_stock_driver(tiny_pipe_cache):
+    pipe = tiny_pipe_cache("sd15")
+    kw = dict(prompt="a red cat", num_inference_steps=2, height=32, width=32, output_type="np")
+    ctrl = Controller()
+    with ctrl.attach(pipe):
+        pipe(**kw)
+        assert ctrl.branch == ("uncond", "cond") and ctrl.step == 1  # the stock driver labelled the rows
+        ctrl.begin_step(7, 3.0)
+        ctrl.set_branch(("source", "target"))
+        with ctrl.driven_by_loop():
+            pipe(**kw)
+        assert (ctrl.step, ctrl.branch) == (7, ("source", "target"))
+    assert not ctrl.loop_driven

@@ -51,6 +51,7 @@ class Controller:
             None  # label per chunk of batch rows, e.g. ("uncond", "cond")
         )
         self.in_run = False
+        self.loop_driven = False  # a pipeline's own loop announces steps and branches (see driven_by_loop)
 
     # -- verbs the pipeline (or `attach`) calls -------------------------------------------------
     def begin_run(self, num_steps: int | None = None, latent_hw: tuple[int, int] | None = None) -> None:
@@ -86,6 +87,17 @@ class Controller:
             return None
         per = batch // len(self.branch)
         return tuple(lab for lab in self.branch for _ in range(per))
+
+    @contextlib.contextmanager
+    def driven_by_loop(self) -> Iterator[Controller]:
+        """For a pipeline whose loop announces steps and branches itself: meanwhile the drivers of
+        stock pipelines (`attach`, `processors(pipe, ...)`) leave this controller alone, so installing
+        a technique on such a pipeline with `apply(pipe, ...)` cannot relabel its rows."""
+        previous, self.loop_driven = self.loop_driven, True
+        try:
+            yield self
+        finally:
+            self.loop_driven = previous
 
     # -- driving from a stock pipeline ----------------------------------------------------------
     @contextlib.contextmanager
@@ -170,6 +182,8 @@ class _StockDriver:
 
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ctrl = self.ctrl
+        if ctrl.loop_driven:
+            return  # the pipeline's own loop announces (Controller.driven_by_loop)
         self.denoised = True
         if self.pending_run or not ctrl.in_run:
             n = len(self.sched.timesteps) if getattr(self.sched, "timesteps", None) is not None else None
