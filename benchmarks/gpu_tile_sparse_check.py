@@ -43,19 +43,9 @@ from attn_processors.tile_sparse import (  # noqa: E402
     group_keep,
     kept_tile_fraction,
 )
+from benchmarks.tile_sparse_bench import positive_int  # noqa: E402
 
 MASKS = {8: [4, 3, 2, 1], 24: [12, 8, 6, 4, 3]}  # frames -> k of the paper's k:(F-k) masks
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1, with a message naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def sync(device: torch.device) -> None:

@@ -9,6 +9,8 @@ its learning rate over the last part of the budget by elapsed time instead of by
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -69,3 +71,18 @@ def training_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def log(out: Path, record: dict) -> None:
+    """Print one JSON line and append it to ``out/train.log`` (the run's log, read by the exporters)."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    with open(out / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` through a temporary file, so an interrupted run never leaves half a checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

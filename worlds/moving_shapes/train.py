@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from worlds.finetune import Deadline, load_weights, require_parts
+from worlds.finetune import Deadline, atomic_save, load_weights, require_parts
 from worlds.moving_shapes import models as vm
 from worlds.moving_shapes.attention_check import install_probes
 from worlds.moving_shapes.data import frames_to_tensor, sample_video
@@ -50,12 +49,6 @@ def log(run: Path, record: dict) -> None:
     with open(run / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record), flush=True)
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -157,7 +150,7 @@ def train_vae(run: Path, args: argparse.Namespace, device: torch.device):
             log(run, {"stage": "vae", "step": step, "loss": round(loss.item(), 5), "psnr": round(psnr, 2),
                       "kl": round(kl.item(), 3), "lr": lr, "sec": round(time.time() - t0, 1)})
         if time.time() - last > args.save_every or step == args.vae_steps:
-            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+            atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
                          "rng": _rng_state(rng)}, path)
             last = time.time()
     return vae.eval()
@@ -214,7 +207,7 @@ def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) 
         cache["rng"] = rng.bit_generator.state if chunks is None else "chunked"
         done += n
         if chunks is None or done >= args.cache_size or (done // 64) % 200 == 0:
-            save_atomic(cache, path)
+            atomic_save(cache, path)
             log(run, {"stage": "cache", "clips": done, "sec": round(time.time() - t0, 1)})
     if pool is not None:
         pool.shutdown()
@@ -224,14 +217,14 @@ def build_cache(run: Path, args: argparse.Namespace, vae, device: torch.device) 
         # the imported transformer was trained on latents normalised with the imported VAE's statistics
         cache["latents_mean"] = list(vae.config.latents_mean)
         cache["latents_std"] = list(vae.config.latents_std)
-        save_atomic(cache, path)
+        atomic_save(cache, path)
     if "latents_mean" not in cache:
         # per-channel statistics of sampled latents z = mu + sigma * eps (what training sees) over
         # clips, frames and pixels: (C,)
         z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed))
         cache["latents_mean"] = z.mean(dim=(0, 2, 3, 4)).tolist()
         cache["latents_std"] = z.std(dim=(0, 2, 3, 4)).tolist()
-        save_atomic(cache, path)
+        atomic_save(cache, path)
         log(run, {"stage": "cache", "latents_mean": cache["latents_mean"],
                   "latents_std": cache["latents_std"]})
     vae.register_to_config(latents_mean=cache["latents_mean"], latents_std=cache["latents_std"])
@@ -259,7 +252,7 @@ def import_pipeline(run: Path, folder: Path, device: torch.device):
     vae = AutoencoderKLWan.from_pretrained(folder / "vae").to(device).eval()
     path = run / "vae.pt"
     if not path.exists():
-        save_atomic({"model": vae.state_dict(), "opt": None, "step": 0, "init": str(folder)}, path)
+        atomic_save({"model": vae.state_dict(), "opt": None, "step": 0, "init": str(folder)}, path)
     return vae
 
 
@@ -417,7 +410,7 @@ def train_dit(run: Path, args: argparse.Namespace, vae, cache: dict, device: tor
     t0, losses, step0 = time.time(), [], step
 
     def checkpoint() -> None:
-        save_atomic({"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
+        atomic_save({"transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
                      "ema_transformer": ema_t.state_dict(), "ema_text_encoder": ema_e.state_dict(),
                      "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
                      "torch_rng": torch.get_rng_state()}, path)

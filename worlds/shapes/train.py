@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from worlds.finetune import Deadline, load_weights, require_parts, training_device
+from worlds.finetune import Deadline, atomic_save, load_weights, log, require_parts, training_device
 
 from .attention_check import grounding_loss, install_probes
 from .data import MAX_OBJECTS, scene_batch
@@ -46,19 +46,6 @@ from .tokenizer import build_tokenizer
 
 VAE_SEED_OFFSET = 10_000  # the VAE sees a different scene stream than the UNet cache
 HOLDOUT_SEED_OFFSET = 20_000  # PSNR is measured on scenes neither phase trained on
-
-
-def log(out: Path, record: dict) -> None:
-    line = json.dumps(record)
-    print(line, flush=True)
-    with open(out / "train.log", "a") as f:
-        f.write(line + "\n")
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------- VAE

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from worlds.finetune import Deadline, training_device
+from worlds.finetune import Deadline, atomic_save, log, training_device
 from worlds.shapes.tokenizer import save_vocab_files
 
 from .data import TRAIN_SPEC, render_scenes, to_model_range
@@ -51,7 +51,7 @@ from .models import (
     train_scheduler,
 )
 from .scene import sample_scene
-from .train_zero123 import DEFAULT_INIT_VAE, atomic_save, log, min_snr_weights, train_vae
+from .train_zero123 import DEFAULT_INIT_VAE, min_snr_weights, train_vae
 
 
 @torch.no_grad()

@@ -25,9 +25,7 @@ The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from worlds.finetune import Deadline, training_device
+from worlds.finetune import Deadline, atomic_save, log, training_device
 
 from .data import TRAIN_SPEC, relative_poses, render_scenes, to_model_range
 from .models import (
@@ -49,19 +47,6 @@ from .models import (
 DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
 VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
 HOLDOUT_SEED_OFFSET = 20_000  # held-out renders for the VAE's PSNR and latent scale
-
-
-def log(out: Path, record: dict) -> None:
-    line = json.dumps(record)
-    print(line, flush=True)
-    with open(out / "train.log", "a") as f:
-        f.write(line + "\n")
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _flat_images(seed: int, start: int, count: int) -> torch.Tensor:
