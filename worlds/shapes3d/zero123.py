@@ -56,7 +56,7 @@ def model_index() -> dict:
             "vae": ["diffusers", "AutoencoderKL"],
             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
             "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
-            "cc_projection": ["worlds.shapes3d.models", "CCProjection"],
+            "cc_projection": ["pipeline_zero1to3", "CCProjection"],  # the public layout's name
             "feature_extractor": [None, None], "safety_checker": [None, None],
             "requires_safety_checker": False}
 
