@@ -86,7 +86,7 @@ def test_export_loads_with_plain_from_pretrained_and_samples(run, tmp_path):
     folder = export(run, tmp_path / "z123")
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "Zero1to3StableDiffusionPipeline"
-    assert index["cc_projection"] == ["worlds.shapes3d.models", "CCProjection"]
+    assert index["cc_projection"] == ["pipeline_zero1to3", "CCProjection"]
     assert index["feature_extractor"] == [None, None]
     state = torch.load(run / "unet_ckpt.pt", weights_only=False)
     cc = CCProjection.from_pretrained(folder / "cc_projection")

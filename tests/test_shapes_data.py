@@ -87,3 +87,44 @@ def test_bad_objects_raise():
     with pytest.raises(ValueError, match="n_objects"):
         sample_objects(np.random.default_rng(0), 4)
     assert len(COLOURS) == 6
+
+
+def test_flat_only_data_is_bit_identical_to_the_data_shapes_sd_was_trained_on():
+    """Golden digest of scene_batch(3, 5, 24) taken before styles existed: adding the style stream must
+    not move a single flat pixel, mask, box or caption."""
+    import hashlib
+
+    from worlds.shapes.data import FLAT
+
+    for styles in ({}, {"styles": FLAT}):
+        batch = scene_batch(seed=3, start=5, count=24, **styles)
+        h = hashlib.sha256()
+        for k in ("pixels", "masks", "valid", "boxes"):
+            h.update(batch[k].numpy().tobytes())
+        h.update("|".join(batch["captions"]).encode())
+        assert h.hexdigest() == "ee036bd3d00ec03cb88350dedc61bf2e8ec7d1f92068be088d231d2a98a11930"
+
+
+def test_styled_scenes_keep_the_flat_objects_and_name_their_style():
+    from collections import Counter
+
+    from worlds.shapes.data import check_styles, scene_style
+    from worlds.shapes.styles import STYLES, parse_styled_caption, render_styled
+
+    counts = Counter(scene_style(0, i, STYLES) for i in range(400))
+    assert set(counts) == set(STYLES) and min(counts.values()) >= 70  # uniform: 100 expected each
+    for i in range(40):
+        flat, styled = make_scene(0, i), make_scene(0, i, styles=STYLES)
+        assert styled.objects == flat.objects and styled.style == scene_style(0, i, STYLES)
+        labels, style = parse_styled_caption(styled.caption)
+        assert labels == flat.labels and style == styled.style
+        if style == "flat":
+            assert np.array_equal(styled.image, flat.image) and styled.caption == flat.caption
+        else:
+            assert styled.caption == f"{flat.caption}, {style} style"
+            assert np.array_equal(styled.image, render_styled(flat.objects, style))
+    batch = scene_batch(0, 0, 8, styles=STYLES)
+    assert batch["captions"] == [make_scene(0, i, styles=STYLES).caption for i in range(8)]
+    for bad in [(), ("flat", "flat"), ("flat", "sketch")]:
+        with pytest.raises(ValueError, match="sketch" if "sketch" in bad else "distinct"):
+            check_styles(bad)

@@ -3,6 +3,11 @@
 Scene ``i`` of seed ``s`` is drawn from ``np.random.default_rng([s, i])``, so any scene can be
 regenerated alone (training, evaluation and tests agree without storing images).
 
+Drawing styles (``styles.STYLES``) are opt-in: with ``styles=("flat", "outline", ...)`` scene ``i``
+keeps exactly the objects of the flat stream and its style is drawn from a *separate* generator,
+``default_rng([s, i, STYLE_STREAM])``, so the flat-only data (the default) is bit-identical to the
+data ``assets/shapes-sd`` was trained on.
+
 >>> scene = make_scene(seed=0, index=3)
 >>> scene.image.shape, len(scene.objects) == len(scene.boxes)
 ((64, 64, 3), True)
@@ -10,12 +15,16 @@ regenerated alone (training, evaluation and tests agree without storing images).
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
 
 from .render import SceneObject, draw_scene, object_mask
+from .styles import STYLES, Style, check_style, render_styled, styled_caption
 from .vocab import COLOUR_RGB, COLOURS, SHAPES, caption, object_phrase
 
 MAX_OBJECTS = 3
@@ -25,6 +34,8 @@ COLOUR_JITTER = 15
 # Probability of 1, 2 and 3 objects: the evaluation's prompts have 1-2 objects, so 3-object
 # scenes (the hardest binding) get a smaller share of a short CPU training budget.
 COUNT_PROBS = (0.4, 0.4, 0.2)
+FLAT: tuple[Style, ...] = ("flat",)
+STYLE_STREAM = 1  # third seed word of the style generator (the scene generator has two)
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class Scene:
     image: np.ndarray  # (H, W, 3) uint8
     caption: str
     objects: tuple[SceneObject, ...]
+    style: Style = "flat"
 
     @property
     def boxes(self) -> np.ndarray:
@@ -81,24 +93,47 @@ def sample_background(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.clip(grey + tint, 0, 255))  # type: ignore[return-value]
 
 
-def make_scene(seed: int, index: int, size: int = 64, n_objects: int | None = None) -> Scene:
-    """Scene ``index`` of the stream ``seed`` (1-3 objects drawn with ``COUNT_PROBS`` unless given)."""
+def check_styles(styles: Sequence[str]) -> tuple[Style, ...]:
+    """``styles`` as a tuple of known, distinct styles; ValueError naming the bad entry otherwise."""
+    styles = tuple(styles)
+    if not styles or len(set(styles)) != len(styles):
+        raise ValueError(f"styles must be distinct and non-empty, got {styles}; e.g. {','.join(STYLES)}")
+    return tuple(check_style(s) for s in styles)
+
+
+def scene_style(seed: int, index: int, styles: Sequence[Style] = FLAT) -> Style:
+    """The style of scene ``index``: uniform over ``styles`` from its own generator (flat-only: no draw)."""
+    if len(styles) == 1:
+        return styles[0]
+    return styles[int(np.random.default_rng([seed, index, STYLE_STREAM]).integers(len(styles)))]
+
+
+def make_scene(
+    seed: int, index: int, size: int = 64, n_objects: int | None = None, styles: Sequence[Style] = FLAT
+) -> Scene:
+    """Scene ``index`` of the stream ``seed`` (1-3 objects drawn with ``COUNT_PROBS`` unless given).
+
+    With several ``styles`` the objects are those of the flat scene, drawn in ``scene_style``'s
+    choice and captioned "..., <style> style" (``styles.styled_caption``; flat adds no words).
+    """
     rng = np.random.default_rng([seed, index])
     n = int(rng.choice(MAX_OBJECTS, p=COUNT_PROBS)) + 1 if n_objects is None else n_objects
     objects = sample_objects(rng, n, size)
     image = draw_scene(objects, size=size, background=sample_background(rng))
-    text = caption([object_phrase(o.colour, o.shape) for o in objects])
-    return Scene(image=image, caption=text, objects=tuple(objects))
+    style = scene_style(seed, index, styles)
+    if style == "flat":
+        text = caption([object_phrase(o.colour, o.shape) for o in objects])
+    else:
+        image, text = render_styled(objects, style, size), styled_caption(objects, style)
+    return Scene(image=image, caption=text, objects=tuple(objects), style=style)
 
 
-def scene_batch(
-    seed: int, start: int, count: int, size: int = 64, mask_size: int = 16
-) -> dict[str, torch.Tensor | list[str]]:
-    """Scenes ``start .. start+count-1`` as training tensors.
+def render_arrays(
+    seed: int, start: int, count: int, size: int = 64, mask_size: int = 16, styles: Sequence[Style] = FLAT
+) -> dict[str, np.ndarray | list[str]]:
+    """Scenes ``start .. start+count-1`` as numpy arrays (``scene_batch`` before the tensor step).
 
-    Returns ``pixels`` (B, 3, H, W) in [-1, 1], ``captions`` list[str], ``masks``
-    (B, MAX_OBJECTS, mask_size, mask_size) object coverage in caption order (zeros for absent
-    objects), ``valid`` (B, MAX_OBJECTS) bool and ``boxes`` (B, MAX_OBJECTS, 4).
+    Plain arrays and strings, so that worker processes can send them back cheaply.
     """
     pixels = np.empty((count, size, size, 3), dtype=np.uint8)
     masks = np.zeros((count, MAX_OBJECTS, mask_size, mask_size), dtype=np.float32)
@@ -106,18 +141,59 @@ def scene_batch(
     boxes = np.zeros((count, MAX_OBJECTS, 4), dtype=np.float32)
     captions = []
     for b in range(count):
-        scene = make_scene(seed, start + b, size)
+        scene = make_scene(seed, start + b, size, styles=styles)
         pixels[b] = scene.image
         captions.append(scene.caption)
         for j, obj in enumerate(scene.objects):
             masks[b, j] = object_mask(obj, size=mask_size, supersample=4)
             valid[b, j] = True
             boxes[b, j] = obj.box
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return {"pixels": pixels, "captions": captions, "masks": masks, "valid": valid, "boxes": boxes}
+
+
+def to_tensors(arrays: dict[str, np.ndarray | list[str]]) -> dict[str, torch.Tensor | list[str]]:
+    """``render_arrays``' output as training tensors (pixels (B, 3, H, W) in [-1, 1])."""
+    x = torch.from_numpy(arrays["pixels"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return {
         "pixels": x,
-        "captions": captions,
-        "masks": torch.from_numpy(masks),
-        "valid": torch.from_numpy(valid),
-        "boxes": torch.from_numpy(boxes),
+        "captions": arrays["captions"],
+        "masks": torch.from_numpy(arrays["masks"]),
+        "valid": torch.from_numpy(arrays["valid"]),
+        "boxes": torch.from_numpy(arrays["boxes"]),
     }
+
+
+def scene_batch(
+    seed: int, start: int, count: int, size: int = 64, mask_size: int = 16, styles: Sequence[Style] = FLAT
+) -> dict[str, torch.Tensor | list[str]]:
+    """Scenes ``start .. start+count-1`` as training tensors.
+
+    Returns ``pixels`` (B, 3, H, W) in [-1, 1], ``captions`` list[str], ``masks``
+    (B, MAX_OBJECTS, mask_size, mask_size) object coverage in caption order (zeros for absent
+    objects), ``valid`` (B, MAX_OBJECTS) bool and ``boxes`` (B, MAX_OBJECTS, 4).
+    """
+    return to_tensors(render_arrays(seed, start, count, size, mask_size, styles))
+
+
+def prefetched(fn: Callable, calls: Iterable[tuple], workers: int = 0, depth: int | None = None) -> Iterator:
+    """``fn(*args)`` for each ``args`` of ``calls``, in order; with ``workers`` > 1 computed ahead in
+    that many processes (at most ``depth`` results pending, default 2 per worker).
+
+    Styled scenes take 1-15 ms each on one core, far slower than a GPU step of the small models, so
+    a GPU run renders in parallel; the results are the same as in one process.
+    """
+    if workers <= 1:
+        for args in calls:
+            yield fn(*args)
+        return
+    import multiprocessing as mp
+
+    calls = iter(calls)
+    with mp.get_context("spawn").Pool(workers) as pool:  # spawn: safe beside a CUDA context
+        pending = deque(pool.apply_async(fn, args) for args in islice(calls, depth or 2 * workers))
+        while pending:
+            result = pending.popleft().get()
+            nxt = next(calls, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(fn, nxt))
+            yield result

@@ -6,6 +6,11 @@ word is a single symbol; a new merge always gets the highest rank so words finis
 change. Unknown words would therefore be split silently into characters: ``check_prompt`` names
 them, and ``VocabCheckedTokenizer`` (used by ``load_pipeline``) raises on them.
 
+A model's word list travels with it: ``save_vocab_files`` writes ``shapes_words.json`` beside the
+tokenizer files and ``VocabCheckedTokenizer.from_pretrained`` checks prompts against it, so the
+style model (``assets/shapes-style-sd``, words + ``style_words``) accepts "..., outline style" while
+a folder without the file (``assets/shapes-sd``) keeps the 2D vocabulary ``WORDS`` and refuses it.
+
 >>> tok = build_tokenizer()
 >>> ids = word_ids(tok, ["a", "red", "circle"])
 >>> tok("a red circle").input_ids == [tok.bos_token_id, *ids, tok.eos_token_id]
@@ -16,16 +21,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from .styles import STYLE_WORDS
 from .vocab import WORDS
 
 # Longest caption: "a red circle , a blue square and a yellow triangle" = 11 words + BOS + EOS.
 # A short context leaves few padding tokens to carry the caption in cross-attention.
 MODEL_MAX_LENGTH = 16
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+WORDS_FILE = "shapes_words.json"  # the model's own word list, beside its tokenizer files
 # CLIP's pre-tokenizer: words, numbers and single punctuation marks.
 _WORD_RE = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
@@ -90,14 +98,39 @@ def build_tokenizer(
     return tok
 
 
+def style_words(styles: Sequence[str]) -> tuple[str, ...]:
+    """The caption words a model trained on ``styles`` knows: ``WORDS``, then its style words.
+
+    >>> style_words(["flat"]) == WORDS
+    True
+    >>> style_words(["flat", "outline", "hatched"])[len(WORDS):]
+    ('outline', 'hatched', 'style')
+    """
+    drawn = [w for w in STYLE_WORDS if w in styles]  # flat has no word
+    return WORDS + tuple(drawn) + ("style",) if drawn else WORDS
+
+
 def save_vocab_files(directory: str | Path, words: tuple[str, ...] = WORDS) -> None:
-    """Write the classic ``vocab.json`` + ``merges.txt`` pair (readable by any CLIP tokenizer)."""
+    """Write the classic ``vocab.json`` + ``merges.txt`` pair (readable by any CLIP tokenizer) and the
+    word list ``shapes_words.json`` that ``VocabCheckedTokenizer.from_pretrained`` checks prompts with."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab_and_merges(words)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
     (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (directory / WORDS_FILE).write_text(json.dumps(list(words)) + "\n")
+
+
+def load_words(directory: str | Path) -> tuple[str, ...]:
+    """The word list saved with a tokenizer folder; ``WORDS`` for folders written before it existed."""
+    path = Path(directory) / WORDS_FILE
+    if not path.exists():
+        return WORDS
+    words = json.loads(path.read_text())
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"{path} must hold a JSON list of words, got {words!r}; re-export the model")
+    return tuple(words)
 
 
 def split_words(prompt: str) -> list[str]:
@@ -115,11 +148,18 @@ def check_prompt(prompt: str | list[str], words: tuple[str, ...] = WORDS) -> Non
     """Raise ValueError naming every word outside the vocabulary (they would become characters)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     bad = list(dict.fromkeys(w for p in prompts for w in unknown_words(p, words)))
-    if bad:
-        raise ValueError(
-            f"words outside the shapes vocabulary: {bad}. The model knows only {list(words)}; "
-            'write captions like "a red circle and a blue square".'
-        )
+    if not bad:
+        return
+    styled = "style" in words
+    example = "a red circle and a blue square" + (", outline style" if styled else "")
+    hint = ""
+    if not styled and any(w in STYLE_WORDS for w in bad):
+        hint = (" Drawing-style words need a model trained on styles: load assets/shapes-style-sd "
+                "(python -m worlds.shapes.train --styles flat,outline,hatched,dotted).")
+    raise ValueError(
+        f"words outside the shapes vocabulary: {bad}. The model knows only {list(words)}; "
+        f'write captions like "{example}".{hint}'
+    )
 
 
 def word_ids(tok: CLIPTokenizer, words: list[str]) -> list[int]:
@@ -131,9 +171,20 @@ class VocabCheckedTokenizer(CLIPTokenizer):
     """CLIPTokenizer that refuses prompts with out-of-vocabulary words instead of splitting them.
 
     The saved files stay standard CLIP files; ``load_pipeline`` swaps this class in after loading.
+    ``words`` is the model's own list (``shapes_words.json`` of the folder it was loaded from).
     """
+
+    words: tuple[str, ...] = WORDS
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN206 - base signature
+        tok = super().from_pretrained(path, *args, **kwargs)
+        folder = Path(path) / kwargs.get("subfolder", "")
+        tok.words = load_words(folder) if folder.is_dir() else WORDS
+        return tok
 
     def __call__(self, text=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - same signature as the base
         if text is not None:
-            check_prompt(text if isinstance(text, str) else [t for t in text if isinstance(t, str)])
+            prompts = text if isinstance(text, str) else [t for t in text if isinstance(t, str)]
+            check_prompt(prompts, self.words)
         return super().__call__(text, *args, **kwargs)

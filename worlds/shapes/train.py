@@ -19,6 +19,19 @@ optimiser; the EMA keeps its full decay from the first step) and takes the VAE f
 many seconds after it starts (``--steps`` then only caps it when given) and decays the learning rate
 linearly to 0.1x over the last ``--decay-tail`` of the budget. A resumed run gets a fresh budget.
 
+Drawing styles (the style model ``assets/shapes-style-sd``; ``worlds/shapes/styles.py``):
+
+    python -m worlds.shapes.train --out runs/style --init-pipeline assets/shapes-sd \
+        --styles flat,outline,hatched,dotted --vae-steps 1500 --vae-lr 4e-4 --device cuda \
+        --vae-time-limit 120 --time-limit 300 --workers 8
+
+``--styles`` draws each scene in one of the styles (uniform; from a generator of its own, so the
+default flat-only data is unchanged) and captions it "..., outline style"; the tokenizer and text
+encoder gain the style words (the init's embedding rows are kept, new words start fresh). With
+styles other than flat, ``--init-vae auto`` fine-tunes the init's VAE on styled renders (the
+shapes-sd VAE loses hatching and dots: 18.6-19.7 dB) instead of copying it; ``--vae-time-limit``
+time-boxes that phase. ``--workers`` renders scenes in that many processes (VAE batches and the cache).
+
 Recipe (assets/shapes-sd/MODEL_CARD.md): VAE with L1 + MSE + 1e-7 KL on random 32x32 crops for
 75 % of its steps; UNet epsilon loss with min-SNR-5 weighting (Hang et al. 2023), 10 % empty captions for CFG,
 AdamW 8e-4 with warm-up, grad clip 1, EMA 0.999; plus a token-grounding loss on every attn2 map
@@ -36,13 +49,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import CLIPTokenizer
 
 from worlds.finetune import Deadline, atomic_save, load_weights, log, require_parts, training_device
 
 from .attention_check import grounding_loss, install_probes
-from .data import MAX_OBJECTS, scene_batch
-from .models import build_text_encoder, build_unet, build_vae, train_scheduler
-from .tokenizer import build_tokenizer
+from .data import MAX_OBJECTS, check_styles, prefetched, render_arrays, scene_batch, to_tensors
+from .models import IMAGE_SIZE, build_text_encoder, build_unet, build_vae, train_scheduler
+from .tokenizer import build_tokenizer, style_words
 
 VAE_SEED_OFFSET = 10_000  # the VAE sees a different scene stream than the UNet cache
 HOLDOUT_SEED_OFFSET = 20_000  # PSNR is measured on scenes neither phase trained on
@@ -58,32 +72,72 @@ def vae_loss(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float
 
 
 @torch.no_grad()
-def vae_psnr(vae: torch.nn.Module, seed: int, n: int = 256) -> float:
-    x = scene_batch(seed + HOLDOUT_SEED_OFFSET, 0, n)["pixels"]
+def vae_psnr(vae: torch.nn.Module, seed: int, n: int = 256, styles: tuple[str, ...] = ("flat",)) -> float:
+    """PSNR of held-out reconstructions (the scenes of ``styles``' stream, as trained) on its device."""
+    x = scene_batch(seed + HOLDOUT_SEED_OFFSET, 0, n, styles=styles)["pixels"]
+    x = x.to(next(vae.parameters()).device)
     rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
     return 10 * math.log10(1.0 / mse)
 
 
+def styled_psnr(vae: torch.nn.Module, seed: int, n: int, styles: tuple[str, ...]) -> dict[str, float]:
+    """Held-out PSNR per style (each style's ``n`` scenes drawn in it alone); {} for flat-only runs."""
+    if styles == ("flat",):
+        return {}
+    return {f"psnr_{s}_db": round(vae_psnr(vae, seed, n, (s,)), 2) for s in styles}
+
+
+def init_vae_mode(args: argparse.Namespace) -> str:
+    """'copy' or 'finetune' the init pipeline's VAE ('auto': fine-tune when styles other than flat
+    are drawn, since the flat-trained VAE cannot reconstruct them)."""
+    if args.init_vae != "auto":
+        return args.init_vae
+    return "copy" if args.styles == ("flat",) else "finetune"
+
+
+def _vae_batches(args: argparse.Namespace, first: int):  # noqa: ANN202 - a generator of numpy batches
+    calls = ((args.seed + VAE_SEED_OFFSET, s * args.vae_batch, args.vae_batch, IMAGE_SIZE, 16, args.styles)
+             for s in range(first, args.vae_steps))
+    return prefetched(render_arrays, calls, args.workers)
+
+
 def train_vae(args: argparse.Namespace, out: Path, device: torch.device) -> None:
+    """Train the VAE from scratch, or fine-tune the init pipeline's (``--init-vae finetune``)."""
     if (out / "vae" / "config.json").exists():
         return
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(args.seed)
-    vae = build_vae().to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=1e-2)
+    finetune = args.init_pipeline is not None and init_vae_mode(args) == "finetune"
+    vae = (AutoencoderKL.from_pretrained(Path(args.init_pipeline) / "vae").float() if finetune
+           else build_vae()).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=1e-2)
     ckpt, step = out / "vae_ckpt.pt", 0
     gen = torch.Generator().manual_seed(args.seed)
-    if ckpt.exists():
+    if ckpt.exists():  # no map_location: it would move the CPU generator's state to the GPU
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
         step, gen = state["step"], state["gen"]
+    if finetune:
+        log(out, {"phase": "vae", "init_pipeline": str(args.init_pipeline), "styles": list(args.styles),
+                  "step": step, **styled_psnr(vae.eval(), args.seed, args.eval_scenes // 4, args.styles)})
+        vae.train()
+    vae_warmup = max(1, args.vae_warmup if args.vae_warmup is not None else (100 if finetune else 0))
+    deadline = Deadline(args.vae_time_limit, args.decay_tail)
     last_save, t0 = time.time(), time.time()
-    while step < args.vae_steps:
-        x = scene_batch(args.seed + VAE_SEED_OFFSET, step * args.vae_batch, args.vae_batch)["pixels"]
-        if step < 0.75 * args.vae_steps:  # random 32x32 crops: cheaper steps, same local statistics
+    batches = _vae_batches(args, step)
+    for arrays in batches:
+        if deadline.passed():
+            break
+        x = to_tensors(arrays)["pixels"]
+        progress = max(step / args.vae_steps, deadline.elapsed() / (args.vae_time_limit or math.inf))
+        if progress < 0.75:  # random 32x32 crops: cheaper steps, same local statistics
             i, j = (int(v) for v in torch.randint(0, 33, (2,), generator=gen))
             x = x[:, :, i : i + 32, j : j + 32]
+        for g in opt.param_groups:  # a fine-tune warms up: Adam's first steps would wreck the init
+            g["lr"] = args.vae_lr * min(1.0, (step + 1) / vae_warmup) * deadline.lr_factor()
         loss, mse = vae_loss(vae, x.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,15 +150,20 @@ def train_vae(args: argparse.Namespace, out: Path, device: torch.device) -> None
         if time.time() - last_save > args.save_every:
             atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen}, ckpt)
             last_save = time.time()
+    batches.close()  # stops the render workers of an interrupted stream
+    atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen}, ckpt)
     vae.eval().cpu()
     with torch.no_grad():  # SD convention: latents * scaling_factor have unit variance
-        x = scene_batch(args.seed + VAE_SEED_OFFSET, 0, 2 * args.eval_scenes)["pixels"]
+        x = scene_batch(args.seed + VAE_SEED_OFFSET, 0, 2 * args.eval_scenes, styles=args.styles)["pixels"]
         std = vae.encode(x).latent_dist.mode().std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
-    psnr = vae_psnr(vae, args.seed, args.eval_scenes)
+    psnr = vae_psnr(vae, args.seed, args.eval_scenes, args.styles)
+    per_style = styled_psnr(vae, args.seed, args.eval_scenes // 4, args.styles)
     vae.save_pretrained(out / "vae")
-    log(out, {"phase": "vae", "done": True, "steps": step, "psnr_db": round(psnr, 2),
-              "scaling_factor": round(1.0 / std, 5)})
+    log(out, {"phase": "vae", "done": True, "steps": step, "psnr_db": round(psnr, 2), **per_style,
+              "stopped": "time_limit" if deadline.passed() else "steps",
+              "seconds": round(deadline.elapsed(), 1), "scaling_factor": round(1.0 / std, 5),
+              "lr": args.vae_lr, "batch": args.vae_batch, "warmup": vae_warmup})
 
 
 def train_decoder(args: argparse.Namespace, out: Path, device: torch.device) -> None:
@@ -135,12 +194,13 @@ def train_decoder(args: argparse.Namespace, out: Path, device: torch.device) -> 
     def save() -> None:
         atomic_save({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen}, ckpt)
         vae.save_pretrained(out / "vae_decoder")
-        psnr = vae_psnr(vae.eval(), args.seed, args.eval_scenes // 4)
+        psnr = vae_psnr(vae.eval(), args.seed, args.eval_scenes // 4, args.styles)
         log(out, {"phase": "decoder", "step": step, "psnr_db": round(psnr, 2)})
         vae.train()
 
     while step < args.decoder_steps:
-        x = scene_batch(args.seed + VAE_SEED_OFFSET, 10**6 + step * args.vae_batch, args.vae_batch)["pixels"]
+        x = scene_batch(args.seed + VAE_SEED_OFFSET, 10**6 + step * args.vae_batch, args.vae_batch,
+                        styles=args.styles)["pixels"]
         if torch.rand((), generator=gen) < 0.5:  # half the steps on 32x32 crops (4x cheaper)
             i, j = (int(v) for v in torch.randint(0, 33, (2,), generator=gen))
             x = x[:, :, i : i + 32, j : j + 32]
@@ -170,20 +230,29 @@ def cache_latents(
 ) -> dict[str, torch.Tensor]:
     """Posterior mean/std (fp16) of ``--scenes`` scenes, their token ids, masks at 16x16.
 
-    The VAE encodes on ``device``; the cache itself is kept (and saved) on the CPU.
+    The VAE encodes on ``device``; the cache itself is kept (and saved) on the CPU, with the
+    ``styles`` it was drawn in (a cache of other styles is refused rather than trained on).
     """
     path = out / "latents.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        data = torch.load(path, weights_only=False)
+        cached = tuple(data.get("styles", ("flat",)))
+        if cached != args.styles:
+            raise ValueError(f"{path} holds scenes in styles {cached}, not --styles {','.join(args.styles)}; "
+                             "use another --out or the cache's styles")
+        return data
     from diffusers import AutoencoderKL
 
     device = device or torch.device("cpu")
     vae = AutoencoderKL.from_pretrained(out / "vae").eval().to(device)
-    tok = build_tokenizer()
+    tok = build_tokenizer(style_words(args.styles))
     means, stds, ids, masks, valid = [], [], [], [], []
     chunk = 256
-    for start in range(0, args.scenes, chunk):
-        b = scene_batch(args.seed, start, min(chunk, args.scenes - start))
+    calls = ((args.seed, start, min(chunk, args.scenes - start), IMAGE_SIZE, 16, args.styles)
+             for start in range(0, args.scenes, chunk))
+    for start, arrays in zip(range(0, args.scenes, chunk), prefetched(render_arrays, calls, args.workers),
+                             strict=True):
+        b = to_tensors(arrays)
         dist = vae.encode(b["pixels"].to(device)).latent_dist
         means.append(dist.mean.half().cpu())
         stds.append(dist.std.half().cpu())
@@ -198,6 +267,8 @@ def cache_latents(
             "empty_ids": tok([""], padding="max_length", max_length=tok.model_max_length,
                              return_tensors="pt").input_ids[0].short(),
             "scaling_factor": torch.tensor(vae.config.scaling_factor)}
+    if args.styles != ("flat",):  # flat caches keep their old layout
+        data["styles"] = list(args.styles)
     atomic_save(data, path)
     return data
 
@@ -227,13 +298,36 @@ def copy_init_vae(folder: Path, out: Path) -> None:
     os.replace(tmp, out / "vae")
 
 
-def load_init_weights(folder: Path, unet: torch.nn.Module, te: torch.nn.Module) -> None:
-    """Strictly load ``folder``'s unet/ and text_encoder/ weights into freshly built models."""
+def load_init_weights(
+    folder: Path, unet: torch.nn.Module, te: torch.nn.Module, tok: CLIPTokenizer
+) -> list[str]:
+    """Strictly load ``folder``'s unet/ and text_encoder/ weights into freshly built models.
+
+    ``tok`` may extend the folder's vocabulary (the style words): token-embedding rows are matched
+    by token, so every old token keeps its row, even where BOS / EOS moved to new ids; the new
+    tokens keep their fresh initialisation. Returns the new whole words (tokens ending in ``</w>``).
+    """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     load_weights(unet, UNet2DConditionModel, folder / "unet")
-    load_weights(te, CLIPTextModel, folder / "text_encoder")
+    old_vocab = CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
+    new_vocab = tok.get_vocab()
+    if old_vocab == new_vocab:
+        load_weights(te, CLIPTextModel, folder / "text_encoder")
+        return []
+    lost = [t for t in old_vocab if t not in new_vocab]
+    if lost:
+        raise ValueError(f"--init-pipeline {folder} knows tokens this run's vocabulary lacks ({lost[:5]}); "
+                         "a fine-tune may add words, not remove them")
+    state = CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict()
+    key = next(k for k in state if k.endswith("token_embedding.weight"))  # naming differs across versions
+    rows = te.state_dict()[key].clone()  # (new vocab, hidden): fresh rows for the new tokens
+    for token, i in new_vocab.items():
+        if token in old_vocab:
+            rows[i] = state[key][old_vocab[token]]
+    te.load_state_dict({**state, key: rows})
+    return sorted(t[: -len("</w>")] for t in new_vocab if t not in old_vocab and t.endswith("</w>"))
 
 
 # ---------------------------------------------------------------------------------------- UNet
@@ -274,12 +368,13 @@ def train_unet(
 ) -> None:
     deadline = Deadline(args.time_limit, args.decay_tail)  # the budget counts from here
     torch.manual_seed(args.seed)
-    tok = build_tokenizer()
+    tok = build_tokenizer(style_words(args.styles))
     unet, te = build_unet(), build_text_encoder(tok)
     ckpt, step = out / "unet_ckpt.pt", 0
     if args.init_pipeline is not None and not ckpt.exists():
-        load_init_weights(Path(args.init_pipeline), unet, te)
-        log(out, {"phase": "unet", "init_pipeline": str(args.init_pipeline), "init_step": args.init_step})
+        new_tokens = load_init_weights(Path(args.init_pipeline), unet, te, tok)
+        log(out, {"phase": "unet", "init_pipeline": str(args.init_pipeline), "init_step": args.init_step,
+                  **({"new_words": new_tokens} if new_tokens else {})})
     unet, te = unet.to(device), te.to(device)
     params = list(unet.parameters()) + list(te.parameters())
     ema = [p.detach().clone() for p in params]  # with --init-pipeline: the shipped (EMA) weights
@@ -298,12 +393,15 @@ def train_unet(
         # the initialisation belongs to the run, not to this invocation's command line
         saved = state.get("args", {})
         args.init_pipeline, args.init_step = saved.get("init_pipeline"), saved.get("init_step")
+        if tuple(saved.get("styles", ("flat",))) != args.styles:
+            raise ValueError(f"{ckpt} was trained with --styles {','.join(saved.get('styles', ['flat']))}; "
+                             "resume with the same --styles or use another --out")
         log(out, {"phase": "unet", "resumed_at": step, **({} if same_stream else {"new_rng_stream": True})})
 
     probs: list[torch.Tensor] = []
     install_probes(unet, lambda name, p: probs.append(p))
     if device.type == "cuda":  # the whole cache lives on the GPU; batches are gathered there
-        data = {k: v.to(device) for k, v in data.items()}
+        data = {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
     rng_device = device if device.type == "cuda" else torch.device("cpu")
     n = data["mean"].shape[0]
     sf = float(data["scaling_factor"])
@@ -394,14 +492,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--empty-prob", type=float, default=0.1)
     p.add_argument("--grounding-weight", type=float, default=0.1, help="TokenCompose token loss weight")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--styles", default="flat", metavar="LIST",
+                   help="comma-separated drawing styles of the data (flat,outline,hatched,dotted); "
+                        "default flat: the data of assets/shapes-sd")
+    p.add_argument("--vae-steps", type=int, default=1500, help="VAE steps (target, resumable)")
     p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-warmup", type=int, default=None, metavar="STEPS",
+                   help="linear LR warm-up of the VAE phase (default: 100 steps when fine-tuning, else none)")
+    p.add_argument("--vae-time-limit", type=float, default=None, metavar="SEC",
+                   help="stop the VAE phase SEC seconds after it starts (LR decays over --decay-tail)")
+    p.add_argument("--init-vae", choices=["auto", "copy", "finetune"], default="auto",
+                   help="with --init-pipeline: copy DIR/vae, or fine-tune it on this run's data; "
+                        "auto = copy for flat-only data, fine-tune when other styles are drawn")
     p.add_argument("--decoder-steps", type=int, default=0, help="extra decoder-only steps (--phase decoder)")
     p.add_argument("--decoder-lr", type=float, default=5e-4)
     p.add_argument("--scenes", type=int, default=30_000, help="scenes in the latent cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-scenes", type=int, default=256, help="held-out scenes for PSNR / latent scale")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes rendering scenes (VAE batches, latent cache); 0 = in this process")
     p.add_argument("--save-every", type=float, default=180.0, help="seconds between checkpoints")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--init-pipeline", type=Path, default=None, metavar="DIR",
@@ -419,8 +530,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --steps >= 0, --batch >= 1 and --scenes >= --batch")
     try:
         Deadline(args.time_limit, args.decay_tail)
+        Deadline(args.vae_time_limit, args.decay_tail)
+        args.styles = check_styles(s.strip() for s in args.styles.split(","))
     except ValueError as e:
         p.error(str(e))
+    if args.workers < 0:
+        p.error(f"--workers must be >= 0, got {args.workers}")
     args.init_step = None  # the init pipeline's training step, filled in by main()
     return args
 
@@ -437,13 +552,18 @@ def main(argv: list[str] | None = None) -> None:
         args.init_step = check_init_pipeline(args.init_pipeline)
     out.mkdir(parents=True, exist_ok=True)
     assert MAX_OBJECTS == 3
-    if args.init_pipeline is not None:  # the init's latent space: no VAE training
+    log(out, {"machine": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "phase_arg": args.phase, "styles": list(args.styles),
+              "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if args.init_pipeline is not None and init_vae_mode(args) == "copy":  # the init's latent space
         copy_init_vae(args.init_pipeline, out)
     elif args.phase in ("all", "vae"):
         train_vae(args, out, device)
     if args.phase == "decoder":
         train_decoder(args, out, device)
     if args.phase in ("all", "cache", "unet"):
+        if not (out / "vae" / "config.json").exists():
+            raise ValueError(f"{out}/vae is missing; run --phase vae (or all) with this --out first")
         data = cache_latents(args, out, device)
         if args.phase in ("all", "unet"):
             train_unet(args, out, device, data)
