@@ -3,14 +3,17 @@
 #   1. time-boxed fine-tunes of both embedded models, side by side on the one GPU:
 #      the moving-shapes Wan model (motion) and the shapes SD model (attribute binding), each from
 #      its shipped folder in assets/, with a fresh latent cache rendered on the machine's CPUs;
-#   2. the kernel checks: tile-sparse flex vs SDPA (F = 8, then F = 24), then SageAttention's speed
-#      table and parity.
+#   2. the kernel checks: tile-sparse flex vs SDPA (F = 8, then F = 24), then SageAttention's prepared
+#      run of issue 20 (benchmarks/gpu_sage_check.py: kernel table vs cuDNN / flash / xformers, parity,
+#      Wan-1.3B-shaped step time), written to $OUT/sage_gpu_<gpu>.json.
 # Everything lands under $OUT: the exported models as a split tarball (models.tgz.part-*; rejoin with
 # `cat models.tgz.part-* | tar xz`), the checks' JSON and one session log. Each part is time-boxed so
 # that a slow step costs only its own results.
 #
 #   OUT=/tmp/out PY=.venv/bin/python DEVICE=cpu TRAIN_END=60 SMALL=1 benchmarks/gpu_session.sh  # CPU rehearsal
 #   bash benchmarks/gpu_session.sh      # on the device, with .whl/ carried (installed by this script)
+#   SAGE_ONLY=1 OUT=$OUT bash benchmarks/gpu_session.sh   # only the Sage run of issue 20 (~6-9 min)
+#   OUT=/tmp/out PY=.venv/bin/python DEVICE=cpu SAGE_ONLY=1 benchmarks/gpu_session.sh  # its CPU rehearsal
 # Run again on the still-warm machine, it resumes both fine-tunes from their checkpoints under $WORK
 # with a fresh budget (set TILE_S=1 SAGE_S=1 to skip the checks).
 set -u
@@ -19,7 +22,8 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:?set OUT to the results folder}
 TRAIN_END=${TRAIN_END:-330}   # seconds after start when both trainings must have stopped
 TILE_S=${TILE_S:-100}         # time box of the tile-sparse check
-SAGE_S=${SAGE_S:-100}         # time box of the SageAttention check
+SAGE_ONLY=${SAGE_ONLY:-0}     # 1: skip the fine-tunes and the tile-sparse check, run only the Sage check
+if [ "$SAGE_ONLY" = 1 ]; then SAGE_S=${SAGE_S:-560}; else SAGE_S=${SAGE_S:-100}; fi  # Sage check time box
 SMALL=${SMALL:-0}
 W=${WORK:-/tmp/gpu_session}
 START=$(date +%s)
@@ -50,6 +54,20 @@ build_video_tokenizer(); build_tokenizer()" >> "$LOG" 2>&1 && export PYTHONPATH=
 fi
 { nvidia-smi 2>/dev/null | head -15; $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__,
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"; nproc; free -g; } >> "$LOG" 2>&1
+
+sage_check() {  # issue 20's prepared run; on CPU its rehearsal (tiny shapes under the Triton interpreter)
+  if [ "$DEVICE" = cuda ]; then
+    timeout "$SAGE_S" $PY benchmarks/gpu_sage_check.py >> "$OUT/sage_gpu.log" 2>&1
+  else
+    TRITON_INTERPRET=1 timeout "$SAGE_S" $PY benchmarks/gpu_sage_check.py --small >> "$OUT/sage_gpu.log" 2>&1
+  fi
+  say "sage check rc $? ($(ls "$OUT" | grep '^sage_gpu_' | tr '\n' ' '))"
+}
+if [ "$SAGE_ONLY" = 1 ]; then
+  sage_check
+  say "done"
+  exit 0
+fi
 
 # ---- 1a. latent caches (CPU rendering + VAE encoding on the GPU), both at once
 say "caches"
@@ -90,8 +108,6 @@ if [ "$DEVICE" = cuda ]; then
   timeout "$TILE_S" $PY benchmarks/gpu_tile_sparse_check.py --frames 8,24 --out "$OUT" \
     > "$OUT/tile_sparse.log" 2>&1
   say "tile-sparse check rc $?"
-  timeout "$SAGE_S" $PY benchmarks/gpu_sage_check.py --only speed,extremes,wrapper_overhead,parity \
-    --speed-d 128 --out "$OUT/sage_gpu.json" >> "$LOG" 2>&1
-  say "sage check rc $?"
+  sage_check
 fi
 say "done"

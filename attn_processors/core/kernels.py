@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import math
 from collections import Counter
@@ -216,3 +218,132 @@ def forget_warnings(prefix: str) -> None:
     """Let the warnings whose key starts with `prefix` be logged again (tests, benchmark resets)."""
     for key in [k for k in _WARNED if k.startswith(prefix)]:
         _WARNED.discard(key)
+
+
+# ------------------------------------------------------------------------------------------- xformers backend
+# Optional: xformers is imported lazily, only when one of these functions runs. `dense_kernel` (what an
+# "auto" dense choice runs) picks it only on an architecture listed in XFORMERS_FASTER_ON with the
+# measurement that justified it. None is listed: no GPU run has measured xformers against SDPA yet
+# (benchmarks/gpu_sage_check.py records `xformers_ms` next to cuDNN / flash SDPA for that purpose), so
+# `auto` runs SDPA everywhere and xformers runs only when a caller asks for it by name.
+XFORMERS_FASTER_ON: dict[str, str] = {}  # e.g. {"sm90": "benchmarks/results/sage_gpu_h200.json: 1.2x cuDNN"}
+
+
+def xformers_available() -> bool:
+    """Whether ``xformers.ops`` imports here (cached; ``_xformers_ops.cache_clear()`` re-checks)."""
+    return _xformers_ops() is not None
+
+
+@functools.cache
+def _xformers_ops() -> Any:
+    try:
+        return importlib.import_module("xformers.ops")
+    except ImportError:
+        return None
+
+
+def _require_xformers() -> Any:
+    ops = _xformers_ops()
+    if ops is None:
+        raise ValueError("the xformers kernel needs the xformers package: "
+                         "pip install 'attn-processors[xformers]' (or pick the SDPA kernel)")
+    return ops
+
+
+def _additive_bias(mask: Tensor, q: Tensor, nk: int) -> Tensor:
+    """A bool / float mask as the dense additive bias xformers takes: [B, H, Nq, Nk] in q's dtype, its
+    rows allocated with a multiple of 8 columns (xformers' alignment rule) and sliced back to Nk."""
+    b, h, nq = q.shape[0], q.shape[1], q.shape[2]
+    bias = mask.float().masked_fill(~mask, float("-inf")).masked_fill(mask, 0.0) if mask.dtype == torch.bool \
+        else mask.float()
+    store = torch.zeros(b, h, nq, -(-nk // 8) * 8, device=q.device, dtype=q.dtype)
+    store[..., :nk] = bias.expand(b, h, nq, nk)
+    return store[..., :nk]
+
+
+def xformers_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
+    """``xformers.ops.memory_efficient_attention`` behind the shared ``Attend`` signature ([B, H, N, D])."""
+    ops = _require_xformers()
+    bias = None if mask is None else _additive_bias(mask, q, k.shape[-2])
+    out = ops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_bias=bias, scale=scale)  # xformers layout: [B, N, H, D]
+    return out.transpose(1, 2)
+
+
+def xformers_unsupported(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Unsupported | None:
+    """Why xformers cannot run these inputs here (the rule of its kernel-table row), or None."""
+    if _xformers_ops() is None:
+        return Unsupported("xformers_missing",
+                           "xformers is not installed (pip install 'attn-processors[xformers]')")
+    if q.device.type != "cuda":
+        return Unsupported("cpu", "xformers memory_efficient_attention runs on CUDA only; CPU runs SDPA")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return Unsupported("dtype", f"xformers takes fp16/bf16/fp32, got {q.dtype}")
+    if q.shape[1] != k.shape[1]:
+        return Unsupported("gqa", f"query heads {q.shape[1]} != kv heads {k.shape[1]} (no GQA via xformers)")
+    return None
+
+
+XFORMERS = KernelSpec("xformers", xformers_attention, xformers_unsupported)
+
+
+def cuda_arch(device: torch.device) -> str | None:
+    """``"sm90"``-style key of a CUDA device, None on CPU."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
+
+
+def dense_kernel(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, backend: str = "auto",
+    label: str = "attention", stats: Stats | None = None,
+) -> KernelChoice:
+    """The dense attention kernel for these inputs: ``"sdpa"``, ``"xformers"`` or ``"auto"``.
+
+    ``auto`` runs xformers only on an arch in ``XFORMERS_FASTER_ON`` (none measured yet), else SDPA
+    silently (SDPA is the measured default, not a fallback). ``"xformers"`` asked for explicitly falls
+    back to SDPA with one logged reason when it cannot run (CPU, not installed).
+    """
+    if backend not in ("auto", "sdpa", "xformers"):
+        raise ValueError(f"dense backend must be 'auto', 'sdpa' or 'xformers', got {backend!r}")
+    if backend == "sdpa" or (backend == "auto" and cuda_arch(q.device) not in XFORMERS_FASTER_ON):
+        count(stats, f"{label}.kernel.sdpa")
+        return KernelChoice(sdpa, "sdpa: default", "sdpa")
+    return dispatch([XFORMERS], q, k, v, mask, label=label, stats=stats)
+
+
+def xformers_gather_attend(
+    q: Tensor, k: Tensor, v: Tensor, plan: Sequence[tuple[Tensor, Tensor | None]], *,
+    scale: float | None = None,
+) -> Tensor:
+    """A gather plan (``blockmask.gather_plan``: query rows, kept key columns per entry) in ONE xformers call.
+
+    Every (sample, plan entry) becomes one block of a ``BlockDiagonalMask`` over the concatenated
+    gathered queries and keys, so tile-sparse attention runs as a single kernel launch instead of one
+    SDPA call per entry. Exact for the group mask; no extra mask (padding) is supported here.
+    q, k, v: [B, H, S, D] -> [B, H, S, D].
+    """
+    ops = _require_xformers()
+    b = q.shape[0]
+    qs, ks, vs, q_lens, k_lens = [], [], [], [], []
+    for i in range(b):
+        for rows, cols in plan:
+            qs.append(q[i].index_select(1, rows))
+            ks.append(k[i] if cols is None else k[i].index_select(1, cols))
+            vs.append(v[i] if cols is None else v[i].index_select(1, cols))
+            q_lens.append(int(rows.numel()))
+            k_lens.append(int(ks[-1].shape[1]))
+    bias = ops.fmha.attn_bias.BlockDiagonalMask.from_seqlens(q_seqlen=q_lens, kv_seqlen=k_lens)
+    cat = [torch.cat(t, dim=1).transpose(0, 1)[None] for t in (qs, ks, vs)]  # [1, total, H, D]
+    out_cat = ops.memory_efficient_attention(*cat, attn_bias=bias, scale=scale)[0].transpose(0, 1)
+    out = torch.empty_like(q)
+    start = 0
+    for i in range(b):
+        for rows, _ in plan:
+            n = int(rows.numel())
+            out[i].index_copy_(1, rows, out_cat[:, start:start + n].to(out.dtype))
+            start += n
+    return out

@@ -14,7 +14,7 @@ import functools
 import importlib.metadata
 import math
 from collections import Counter
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Literal
 
 import torch
@@ -47,6 +47,7 @@ LONG_SEQ_FP16_PV = 160_000  # above this FP8 P.V gets visibly noisy (thu-ml #388
 MAX_HEAD_DIM = 128  # upstream raises "Unsupported head_dim" above this
 UPSTREAM_MIN_VERSION = (2, 1, 1)  # Diffusers' _REQUIRED_SAGE_VERSION
 TRITON_TILES = ARCH_PRESETS["sm89"].tiles  # our kernel: groups + key blocks 128/32/64/64 (triton_spec)
+FAST_BLOCK_N = 0  # fast kernel key block on CUDA: 0 = autotuned per arch (fast_kernel.CONFIGS)
 
 LABEL = "sage"  # stats keys "sage.kernel.<name>", "sage.fallback.<category>", "sage.long_seq_fp16_pv"
 
@@ -131,8 +132,10 @@ def choose_kernel(
         choice = ("sdpa", "requested")
     else:
         rules = first_unsupported(
-            lambda q, k, v, m: None if m is None else Unsupported(
-                "mask", "the quantized kernels take no attention mask"),
+            lambda q, k, v, m: None if m is None or (
+                backend == "triton" and padding_lengths(m, q, k) is not None) else Unsupported(
+                "mask", "the quantized kernels take no attention mask (backend='triton' takes a bool "
+                "key-padding mask [B, 1, 1, Nk] that keeps a prefix of the keys)"),
             lambda q, k, v, m: None if q.shape[-1] <= max_head_dim else Unsupported(
                 "head_dim", f"head dim {q.shape[-1]} > {max_head_dim}"),
             lambda q, k, v, m: None if not requires_grad else Unsupported(
@@ -147,6 +150,25 @@ def choose_kernel(
     if stats is None:
         _absorb(sink)
     return choice
+
+
+def padding_lengths(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """Per-sample kv lengths ``[B]`` (int32) when ``mask`` is a padded batch's key-padding mask, else None.
+
+    That is a bool mask of shape ``[B or 1, 1, 1, Nk]`` keeping a non-empty prefix of the keys of each
+    sample, what Diffusers builds from a text-padding mask; the Triton kernel then runs it as a
+    variable-length batch (its ``k_lens`` path) instead of falling back to SDPA.
+    """
+    b, nk = q.shape[0], k.shape[-2]
+    if (mask is None or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1)
+            or mask.shape[-1] != nk or mask.shape[0] not in (1, b)):
+        return None
+    keep = mask[:, 0, 0].expand(b, nk)
+    lens = keep.sum(dim=-1)
+    prefix = torch.arange(nk, device=mask.device)[None, :] < lens[:, None]
+    if not bool(torch.equal(keep, prefix)) or int(lens.min()) < 1:
+        return None
+    return lens.to(torch.int32)
 
 
 def _backend_rule(backend: str, recipe: str, q: torch.Tensor, k, v, mask) -> Unsupported | None:
@@ -186,11 +208,13 @@ def _auto_rule(recipe: str, q: torch.Tensor) -> Unsupported | None:
     ver = upstream_version()
     if ver is not None and ver >= UPSTREAM_MIN_VERSION:
         return None
-    # Our Triton kernel follows the recipe (parity with the simulator: relL1 <= 5e-4 on an H200) but ran
-    # at 0.56x / 0.62x of cuDNN SDPA there at N = 16K / 32K, D = 128 (benchmarks/results/sage_gpu_h200.json):
-    # auto must not make a model slower, so it runs SDPA; backend="triton" still selects the kernel.
-    return Unsupported("no_upstream", "sageattention>=2.1.1 is not installed; our Triton kernel "
-                       "(backend='triton') measured 0.56-0.62x of cuDNN SDPA on an H200, so auto runs SDPA")
+    # Our first Triton kernel followed the recipe (parity with the simulator: relL1 <= 5e-4 on an H200) but
+    # ran at 0.56x / 0.62x of cuDNN SDPA there at N = 16K / 32K, D = 128 (results/sage_gpu_h200.json).
+    # The tuned kernel now behind backend="triton" (fast_kernel, issue 20) has no GPU measurement yet
+    # (benchmarks/gpu_sage_check.py is prepared for it): auto must not make a model slower, so it runs SDPA
+    # until a measured speed-up >= 1.3x over cuDNN is cited here for the architecture.
+    return Unsupported("no_upstream", "sageattention>=2.1.1 is not installed and our Triton kernel "
+                       "(backend='triton') has no measured speed-up over cuDNN SDPA yet, so auto runs SDPA")
 
 
 def sdpa_attention(
@@ -312,11 +336,12 @@ def run_sage(
         if spec.pv == "fp8" and long_seq_fp16_pv is not None and k.shape[-2] > long_seq_fp16_pv:
             stats[f"{LABEL}.long_seq_fp16_pv"] += 1
             spec = replace(spec, pv="fp16")
-        res = _run_kernel(kernel, q, k, v, spec, **kw)
+        k_lens = padding_lengths(attn_mask, q, k) if attn_mask is not None else None  # triton only
+        res = _run_kernel(kernel, q, k, v, spec, k_lens=k_lens, **kw)
         out = res[0] if return_lse else res
         if nan_guard and not bool(torch.isfinite(out).all()):
             _nonfinite(kernel, q, k, v, stats)
-            res = sdpa_attention(q, k, v, **kw)
+            res = sdpa_attention(q, k, v, attn_mask=attn_mask, **kw)
     out, lse = (res if return_lse else (res, None))
     out = out.to(q.dtype)
     if tensor_layout == "NHD":
@@ -362,7 +387,7 @@ def sage_kernel(
 
 def _run_kernel(
     kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SageSpec, *, is_causal: bool,
-    sm_scale: float | None, return_lse: bool,
+    sm_scale: float | None, return_lse: bool, k_lens: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     if kernel == "simulate":
         return simulate(q, k, v, spec, sm_scale=sm_scale, is_causal=is_causal, return_lse=return_lse)
@@ -380,7 +405,8 @@ def _run_kernel(
                 pv_accum_dtype="fp32", return_lse=return_lse)
         return sageattention.sageattn(qc, kc, vc, tensor_layout="HND", is_causal=is_causal, sm_scale=sm_scale,
                                       return_lse=return_lse)
-    return _run_triton(q, k, v, spec, is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse)
+    return _run_triton(q, k, v, spec, is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse,
+                       k_lens=k_lens)
 
 
 def triton_spec(spec: SageSpec) -> SageSpec:
@@ -398,9 +424,11 @@ def triton_spec(spec: SageSpec) -> SageSpec:
 
 def _run_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SageSpec, *, is_causal: bool,
-    sm_scale: float | None, return_lse: bool,
+    sm_scale: float | None, return_lse: bool, k_lens: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    from . import triton_kernel
+    """Our Triton path: the tuned fused kernel (``fast_kernel``) for per-thread / per-warp / per-block
+    groups, the first kernel with torch preprocessing for per-token groups (a comparison layout)."""
+    from . import fast_kernel, triton_kernel
 
     if spec.smooth_q or spec.qk_bits != 8 or spec.pv == "fp32":
         raise ValueError(f"our Triton kernel runs INT8 Q/K without smooth-Q and FP8/FP16 P.V; got {spec}")
@@ -410,8 +438,16 @@ def _run_triton(
     scale = head_dim_scale(q.shape[-1], sm_scale)
     out_dtype = q.dtype if q.device.type == "cuda" else torch.float32
     block_m = 128 if q.device.type == "cuda" else 64
-    if spec.qk_gran in triton_kernel.FUSED_GRANULARITIES:  # one Triton pass each for Q and K
-        out, lse, km = triton_kernel.run_fused(q, k, v, spec, scale * LOG2E, is_causal, out_dtype, block_m)
+    if spec.qk_gran in fast_kernel.GRANULARITIES:  # one fused Triton launch quantizes Q, K and V
+        arch = detect_arch(q.device) or DEFAULT_ARCH
+        block_n = spec.tiles.blk_k if q.device.type != "cuda" else FAST_BLOCK_N  # 0: autotuned
+        out, lse, km = fast_kernel.sage2_fused(
+            q, k, v, spec.qk_gran, *astuple(spec.tiles), spec.smooth_k, spec.pv, scale * LOG2E, is_causal,
+            out_dtype, arch, block_n, None, k_lens)
+        km = km[:, :, None] if spec.smooth_k else None
+    elif k_lens is not None:
+        raise ValueError(f"the key-padding (varlen) path needs qk_gran in {fast_kernel.GRANULARITIES}, "
+                         f"got {spec.qk_gran!r}")
     else:  # per-token groups (a comparison layout): torch preprocessing
         pre = quantize_qk(q, k, spec, scale * LOG2E)
         vq, v_scale = quantize_v(v, spec)

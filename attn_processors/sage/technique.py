@@ -47,7 +47,7 @@ class SageConfig:
 
     Defaults follow the public package (``recipe="release"``: INT8 per-thread Q/K with smooth-K,
     FP8 P~V); ``backend="auto"`` uses upstream ``sageattention`` on CUDA and exact SDPA otherwise
-    (our Triton kernel measured slower than cuDNN SDPA on an H200: ``backend="triton"`` asks for it);
+    (our Triton kernel is not measured faster than cuDNN SDPA yet: ``backend="triton"`` asks for it);
     ``backend="simulate"`` runs the CPU reference (tests, calibration).
     """
 
