@@ -50,6 +50,8 @@ _TECHNIQUE_CONFIGS = {
     "TileSparseConfig": "attn_processors.tile_sparse",
     "TileRecallProbe": "attn_processors.tile_sparse",
     "ZeroToHeroConfig": "attn_processors.zero_to_hero",
+    "QNeRFConfig": "attn_processors.qnerf",
+    "StyleConfig": "attn_processors.style",
 }
 for _name, _package in _TECHNIQUE_CONFIGS.items():
     register_config_home(_name, _package)

@@ -46,7 +46,9 @@ SUBSTITUTIONS = {
 }
 LANGUAGES = {"python", "bash", "jsonl", "json", "text", ""}
 # (page, block number on that page, 1-based) -> why it does not run. Every not-run block is listed.
-NOT_RUN: dict[tuple[str, int], str] = {}
+NOT_RUN: dict[tuple[str, int], str] = {
+    ("docs/models.md", 3): "assets/shapes-style-sd is not trained yet (the next lent GPU trains it)",
+}
 
 MARKER = re.compile(r"<!--\s*(not-run|continued|slow)\s*(?::\s*(.*?))?\s*-->")
 FENCE = re.compile(r"^```(\S*)\s*$")

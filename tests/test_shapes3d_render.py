@@ -176,7 +176,7 @@ def test_transforms_json_round_trips(tmp_path):
     (lambda d: d.pop("fl_x"), "'fl_x'"),
     (lambda d: d.update(w=64.5), "frames[0].w = 64.5"),
     (lambda d: d["frames"][1]["transform_matrix"][0].__setitem__(0, 2.0),
-     "frames[1].transform_matrix rotation"),
+     "frames[1]: transform_matrix rotation"),
     (lambda d: d["frames"][0]["transform_matrix"].__setitem__(3, [0, 0, 1, 1]), "last row"),
     (lambda d: d.update(camera_model="OPENCV_FISHEYE"), "camera_model"),
     (lambda d: d.update(frames=[]), "non-empty"),

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from attn_processors.qnerf.cameras import Cameras, from_c2w
+
 from .scene import View
 
 
@@ -154,3 +156,12 @@ def reprojection_errors(cam_a: Camera, depth_a: torch.Tensor, cam_b: Camera, dep
     seen = torch.isfinite(depths).all(0)
     target = 1.0 / (weights[:, seen] / depths[:, seen]).sum(0)
     return (z[seen] - target).abs() / target
+
+
+def to_cameras(cameras: list[Camera]) -> Cameras:
+    """The world's cameras as the library's ``Cameras`` (same nerfstudio convention), for QNeRF."""
+    if not cameras or len({(c.w, c.h) for c in cameras}) != 1:
+        raise ValueError(f"need one or more cameras of one size, got sizes {[(c.w, c.h) for c in cameras]}")
+    return from_c2w(torch.stack([c.c2w for c in cameras]), fx=[c.fl_x for c in cameras],
+                    fy=[c.fl_y for c in cameras], cx=[c.cx for c in cameras], cy=[c.cy for c in cameras],
+                    width=cameras[0].w, height=cameras[0].h)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from attn_processors.qnerf.cameras import c2w_from_json
+
 from .camera import Camera
 from .render import render
 from .scene import Scene
@@ -63,20 +65,11 @@ def transforms_dict(cameras: list[Camera], frames: list[dict[str, str]],
 
 
 def _matrix(value: object, where: str) -> torch.Tensor:
+    """The library's check of an OpenGL camera-to-world matrix, raised as this reader's error."""
     try:
-        m = torch.tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError) as e:
-        raise TransformsError(f"{where}.transform_matrix is not a 4x4 list of numbers: {e}") from e
-    if tuple(m.shape) != (4, 4) or not torch.isfinite(m).all():
-        raise TransformsError(f"{where}.transform_matrix must be 4x4 finite numbers, "
-                              f"got shape {tuple(m.shape)}")
-    if not torch.allclose(m[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)):
-        raise TransformsError(f"{where}.transform_matrix last row is {m[3].tolist()}; expected [0, 0, 0, 1]")
-    rot = m[:3, :3]
-    if not torch.allclose(rot.T @ rot, torch.eye(3, dtype=torch.float64), atol=1e-6) or torch.det(rot) < 0:
-        raise TransformsError(f"{where}.transform_matrix rotation is not orthonormal and right-handed; "
-                              "write an OpenGL camera-to-world matrix without scale")
-    return m
+        return c2w_from_json(value, where)
+    except ValueError as e:
+        raise TransformsError(str(e)) from e
 
 
 def _intrinsics(d: dict[str, Any], top: dict[str, Any], where: str) -> dict[str, Any]:
