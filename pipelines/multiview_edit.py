@@ -60,6 +60,7 @@ from attn_processors.qnerf.cameras import Cameras, read_transforms
 from attn_processors.qnerf.field import QueryField, fit_field
 
 from .ddim_inversion import Inversion, alpha, ddim_invert, ddim_update, predict_eps, previous_timestep
+from .decoding import decode_latents
 
 Tensor = torch.Tensor
 OutputType = Literal["pil", "np", "pt", "latent"]
@@ -236,11 +237,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
         return MultiViewEditOutput(images=self._decode(z, output_type), stats=stats)
 
     def _decode(self, z: Tensor, output_type: str) -> Any:
-        if output_type == "latent":
-            return z
-        image = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-        return self.image_processor.postprocess(image, output_type=output_type,
-                                                do_denormalize=[True] * image.shape[0])
+        return decode_latents(self.vae, self.image_processor, z, output_type)
 
 
 class _Run:

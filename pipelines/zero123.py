@@ -56,6 +56,8 @@ from attn_processors.zero_to_hero import (
 )
 from attn_processors.zero_to_hero.schedule import alpha_at, previous_timesteps
 
+from .decoding import decode_latents
+
 logger = logging.get_logger(__name__)
 Tensor = torch.Tensor
 # Zero-1-to-3's training schedule (configs/sd-objaverse-finetune-c_concat-256.yaml)
@@ -390,11 +392,7 @@ class Zero123Pipeline(DiffusionPipeline):
         return None
 
     def _decode(self, z: Tensor, output_type: str) -> Any:
-        if output_type == "latent":
-            return z
-        image = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-        return self.image_processor.postprocess(image, output_type=output_type,
-                                                do_denormalize=[True] * image.shape[0])
+        return decode_latents(self.vae, self.image_processor, z, output_type)
 
 
 def _check_scheduler(scheduler: Any) -> None:

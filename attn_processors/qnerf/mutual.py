@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from ..core.rows import swap_kv
 
-Tensor = torch.Tensor
+__all__ = ["pair_rows", "swap_kv", "view_labels"]
 SOURCE, TARGET = "source", "target"
 
 
@@ -44,14 +44,3 @@ def pair_rows(labels: Sequence[str | None]) -> list[tuple[int, int]]:
                              "give one source row per view (view_labels)")
         pairs += list(zip(tgt, src, strict=False)) if src else []
     return pairs
-
-
-def take_source_kv(k: Tensor, v: Tensor, pairs: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """K, V [B, H, N, D] with each target row's replaced by its source row's (inputs not modified)."""
-    if not pairs:
-        return k, v
-    tgt = torch.tensor([p[0] for p in pairs], device=k.device)
-    src = torch.tensor([p[1] for p in pairs], device=k.device)
-    k, v = k.clone(), v.clone()
-    k[tgt], v[tgt] = k[src], v[src]  # (n_pairs, H, N, D)
-    return k, v

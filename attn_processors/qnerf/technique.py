@@ -6,7 +6,7 @@ One processor per chosen decoder self-attention layer, on ``edit_qkv`` ([B, H, N
   queries of the ``target.cond`` rows go to the :class:`~.capture.QueryStore` as (b, N, H*D), which
   is ``attn.to_q(hidden_states)`` before the head split; q, k, v pass on unchanged;
 - K/V layers (``kv_factors``): with ``mutual`` on and from ``kv_start_step``, each target row takes
-  its own view's source-row K/V (``mutual.take_source_kv``).
+  its own view's source-row K/V (``mutual.swap_kv``).
 
 The pipeline (pipelines/multiview_edit.py) announces the step (``controller.begin_step``), the rows
 (``controller.set_branch(mutual.view_labels(...))``), the mode and the views of each call
@@ -29,7 +29,7 @@ from ..core.registry import register_technique
 from ..core.sites import Site
 from .capture import QueryStore
 from .config import QNeRFConfig
-from .mutual import SOURCE, TARGET, pair_rows, take_source_kv
+from .mutual import SOURCE, TARGET, pair_rows, swap_kv
 
 STORE = "qnerf"  # key of the QueryStore in controller.stores
 CAPTURE_MODES = ("extract", "guide")  # controller modes in which query layers record
@@ -77,7 +77,7 @@ class QNeRFProcessor(ControlledProcessor):
             if not pairs:
                 raise ValueError(f"mutual self-attention on {self.site.name} needs '{SOURCE}.<half>' rows "
                                  f"beside the '{TARGET}.<half>' rows (got {call.labels}); set mutual=False")
-            k, v = take_source_kv(k, v, pairs)  # (B, H, N, D): target rows <- their view's source row
+            k, v = swap_kv(k, v, pairs)  # (B, H, N, D): target rows <- their view's source row
         return q, k, v
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from ..core.rows import swap_kv
 
-Tensor = torch.Tensor
+__all__ = ["branch_labels", "label", "source_pairs", "swap_kv"]
 SOURCE, TARGET = "source", "target"
 HALVES = ("uncond", "cond")  # CFG order of the batch: unconditional rows first
 
@@ -51,14 +51,3 @@ def source_pairs(labels: Sequence[str | None]) -> list[tuple[int, int]]:
             if half in src:
                 pairs.append((i, src[half]))
     return pairs
-
-
-def swap_kv(k: Tensor, v: Tensor, pairs: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """K, V [B, H, N, D] with each target row's replaced by its source row's (inputs not modified)."""
-    if not pairs:
-        return k, v
-    tgt = torch.tensor([p[0] for p in pairs], device=k.device)
-    src = torch.tensor([p[1] for p in pairs], device=k.device)
-    k, v = k.clone(), v.clone()
-    k[tgt], v[tgt] = k[src], v[src]  # (n_pairs, H, N, D)
-    return k, v
