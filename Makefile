@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test demo lint slow
+.PHONY: install test demo lint slow app
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# CPU build of torch first when none is present: an unpinned resolve pulls a multi-GB CUDA build
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev,video]"
+	$(PY) -m pip install -e ".[dev,video,app]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,6 +26,9 @@ slow: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m apps.demo
+
+app: $(STAMP)
+	$(PY) -m apps.gradio_app
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

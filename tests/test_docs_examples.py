@@ -263,13 +263,15 @@ def test_relative_links_point_to_files():
     assert not broken, f"links to missing files: {broken}"
 
 
-def test_every_picture_shown_is_made_by_make_demo():
+def test_every_picture_shown_is_made_by_make_demo_or_the_app_test():
     from apps import demo
 
     shown = set().union(*(_pictures(p) for p in PAGES))
-    made = {f"images/{name}" for name in demo.PICTURES}
+    screenshots = re.findall(r'"(app_\w+\.png)"', (ROOT / "tests" / "test_app_browser.py").read_text())
+    made = {f"images/{name}" for name in (*demo.PICTURES, *screenshots)}
     assert shown, "README shows no picture"
-    assert shown <= made, f"pictures shown but not made by `make demo`: {sorted(shown - made)}"
+    assert shown <= made, (f"pictures shown but made neither by `make demo` nor by the app test: "
+                           f"{sorted(shown - made)}")
     assert all((ROOT / "docs" / p).is_file() for p in shown), "run `make demo` to write docs/images/"
 
 
