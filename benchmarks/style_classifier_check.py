@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from worlds.shapes import style_classifier as sc
+from worlds.shapes.data import make_styled_scene
 from worlds.shapes.detector import box_iou, detect
-from worlds.shapes.styles import STYLES, make_styled_scene
+from worlds.shapes.styles import STYLES
 
 
 def renders(seed: int, count: int) -> Iterator[tuple[int, str, np.ndarray, tuple]]:

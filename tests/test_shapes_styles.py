@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from worlds.shapes.data import make_scene
+from worlds.shapes.data import make_scene, make_styled_scene
 from worlds.shapes.detector import colour_labels
 from worlds.shapes.render import SceneObject, draw_scene, object_mask
 from worlds.shapes.styles import (
@@ -12,7 +12,6 @@ from worlds.shapes.styles import (
     STYLES,
     check_style,
     inset_box_shape,
-    make_styled_scene,
     parse_styled_caption,
     render_styled,
     styled_caption,

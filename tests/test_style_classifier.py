@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from worlds.shapes import style_classifier as sc
-from worlds.shapes.data import make_scene
+from worlds.shapes.data import make_scene, make_styled_scene
 from worlds.shapes.detector import box_iou
 from worlds.shapes.render import SceneObject
 from worlds.shapes.style_classifier import (
@@ -17,7 +17,7 @@ from worlds.shapes.style_classifier import (
     fill_holes,
     ground_truth_features,
 )
-from worlds.shapes.styles import STYLES, make_styled_scene, render_styled
+from worlds.shapes.styles import STYLES, render_styled
 
 HELD_OUT_SEED = 2  # thresholds come from seed 0; benchmarks/style_classifier_check.py scores seed 1
 SCENES = 45  # 1-3 objects each: ~80 objects per style, all colours and shapes, 14-28 px

@@ -197,3 +197,15 @@ def prefetched(fn: Callable, calls: Iterable[tuple], workers: int = 0, depth: in
             if nxt is not None:
                 pending.append(pool.apply_async(fn, nxt))
             yield result
+
+
+def make_styled_scene(seed: int, index: int, style: str, size: int = 64) -> tuple[np.ndarray, str, tuple]:
+    """Scene ``index`` of ``make_scene``'s stream ``seed`` drawn in ``style`` (chosen, not drawn).
+
+    Returns (image, caption, objects). Flat is exactly ``make_scene``'s image (its sampled grey);
+    the illustration styles are drawn on ``PAPER``.
+    """
+    style = check_style(style)
+    scene = make_scene(seed, index, size)
+    image = scene.image if style == "flat" else render_styled(scene.objects, style, size)
+    return image, styled_caption(scene.objects, style), scene.objects

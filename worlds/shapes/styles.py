@@ -191,20 +191,6 @@ def render_styled(
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def make_styled_scene(seed: int, index: int, style: str, size: int = 64) -> tuple[np.ndarray, str, tuple]:
-    """Scene ``index`` of ``data.make_scene``'s stream ``seed`` drawn in ``style``.
-
-    Returns (image, caption, objects). Flat is exactly ``make_scene``'s image (its sampled grey);
-    the illustration styles are drawn on ``PAPER``.
-    """
-    from .data import make_scene  # data imports torch; keep this module light
-
-    style = check_style(style)
-    scene = make_scene(seed, index, size)
-    image = scene.image if style == "flat" else render_styled(scene.objects, style, size)
-    return image, styled_caption(scene.objects, style), scene.objects
-
-
 # ------------------------------------------------------------------------------------ captions
 def styled_caption(objects: Sequence[SceneObject | tuple[str, str]], style: str = "flat") -> str:
     """The project's caption plus ", <style> style"; flat adds nothing (so old captions are flat).
