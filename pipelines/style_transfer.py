@@ -251,7 +251,7 @@ class StyleTransferPipeline(DiffusionPipeline):
             ctrl.stores[STORE] = state
         with apply(self.unet, cfg, controller=ctrl), ctrl.driven_by_loop():
             ctrl.begin_run(num_steps=len(ts), latent_hw=tuple(out.shape[-2:]))
-            for i, t in enumerate(ts):
+            for i, t in enumerate(self.progress_bar(ts)):  # the app reports and cancels per step
                 j = start + i
                 ctrl.begin_step(i, t)
                 rows = torch.cat([out, inv.xts[j]])  # (1 + images, C, h, w): [out, donors...]
