@@ -196,7 +196,7 @@ def build(default_model: str | Path) -> None:
                     result = gr.Image(label="with layout control", type="pil", format="png",
                                       elem_id="layout-result")
                 heatmaps = gr.Gallery(label="cross-attention per phrase", columns=4, format="png", height=220,
-                                      preview=False, object_fit="contain")
+                                      preview=False, object_fit="contain", fit_columns=False)
                 status, used_seed, config, code, files = run_panel("LayoutConfig", status_id="layout-status",
                                                                    files_id="layout-files")
         go.click(generate, [model, canvas, prompt, phrases, method, seed, steps, guidance],

@@ -181,7 +181,8 @@ def build(default_model: str | Path) -> None:
             with gr.Column():
                 fig = gr.Image(label="before (top) / after (bottom)", type="pil", format="png",
                                elem_id="multiview-figure")
-                edited = gr.Gallery(label="edited views", columns=4, format="png", height=220, preview=False)
+                edited = gr.Gallery(label="edited views", columns=4, format="png", height=220, preview=False,
+                                    fit_columns=False)
                 status, used_seed, config, code, files = run_panel("QNeRFConfig")
         go.click(generate, [model, views, source_prompt, edit_prompt, options, steps, guidance, seed],
                  [fig, edited, used_seed, config, code, files, status], api_name="multiview_edit",
