@@ -1,14 +1,17 @@
 """`make demo`: the pictures of the README, drawn by the shipped models, into docs/images/.
 
     python -m apps.demo [--model assets/shapes-sd] [--video-model assets/moving-shapes-wan]
-                        [--out docs/images]
+                        [--novel-view-model assets/shapes3d-zero123] [--out docs/images]
 
 Each panel in ``PANELS`` is a function ``(models, out_dir) -> list[Path]`` that writes one small PNG
 (64-px images enlarged nearest-neighbour so a person can see them): the image model's samples, a
 per-word attention map, unguided vs CSG layout control, SDPA vs SageAttention2, and dense vs
-tile-sparse video attention. Seeds are fixed, so a rerun on the same machine writes the same files.
-``--model`` takes a Stable Diffusion 1.x/2.x pipeline folder, ``--video-model`` a Wan one; anything
-else stops with one line saying what to give instead.
+tile-sparse video attention, and (when the 3D world's novel-view model is there) plain Zero-1-to-3 vs
+Zero-to-Hero against the rendered ground truth. Seeds are fixed, so a rerun on the same machine writes
+the same files. ``--model`` takes a Stable Diffusion 1.x/2.x pipeline folder, ``--video-model`` a Wan
+one, ``--novel-view-model`` a Zero-1-to-3 one; anything else stops with one line saying what to give
+instead. Without ``--novel-view-model`` and without ``assets/shapes3d-zero123`` (not trained yet) the
+novel-view panel is skipped with one printed line.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -43,14 +46,23 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
+if TYPE_CHECKING:
+    from attn_processors.zero_to_hero import ZeroToHeroConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "assets" / "shapes-sd"
 DEFAULT_VIDEO_MODEL = ROOT / "assets" / "moving-shapes-wan"
+DEFAULT_NOVEL_VIEW_MODEL = ROOT / "assets" / "shapes3d-zero123"
+NOVEL_VIEW_SCENES = ROOT / "benchmarks" / "cases" / "shapes3d_novel_view.json"
+NOVEL_VIEW_GROUPS = ("off_centre_1", "off_centre_2")  # the first scene of each; its first target view
+NOVEL_VIEW_SEED = 0
+NOVEL_VIEW_PARTS = ("unet", "vae", "image_encoder", "cc_projection")
 DEFAULT_OUT = ROOT / "docs" / "images"
 LAYOUT_CASES = ROOT / "benchmarks" / "cases" / "layout_default.json"
 
 IMAGE_PIPELINES = ("StableDiffusionPipeline", "LayoutToImagePipeline")
 VIDEO_PIPELINES = ("WanPipeline",)
+NOVEL_VIEW_PIPELINES = ("Zero1to3StableDiffusionPipeline",)  # the public Diffusers-format layout's name
 GRID_PROMPTS = ("a red circle", "a blue square", "a yellow triangle", "a green circle and a purple square")
 SEEDS = (0, 1, 2, 3)
 ATTENTION_PROMPT = "a red circle and a blue square"
@@ -64,12 +76,15 @@ LABEL_H = 14
 
 @dataclass
 class Models:
-    """The two shipped models (or those given on the command line), each loaded when a panel needs it."""
+    """The shipped models (or those given on the command line), each loaded when a panel needs it;
+    ``novel_view_path`` None: no novel-view model here, its panel is skipped."""
 
     image_path: Path
     video_path: Path
+    novel_view_path: Path | None = None
     _image: object = field(default=None, repr=False)
     _video: object = field(default=None, repr=False)
+    _novel_view: object = field(default=None, repr=False)
 
     @property
     def image(self):
@@ -89,6 +104,17 @@ class Models:
             self._video = WanPipeline.from_pretrained(self.video_path, local_files_only=True)
             self._video.set_progress_bar_config(disable=True)
         return self._video
+
+    @property
+    def novel_view(self):
+        """The 3D world's Zero-1-to-3 as our Zero123Pipeline (z2h_eval's loader; loaded on first use)."""
+        if self._novel_view is None:
+            from benchmarks.z2h_eval import load_pipeline
+
+            if self.novel_view_path is None:  # main() skips the panel before this
+                raise ValueError("no novel-view model: give Models(novel_view_path=...)")
+            self._novel_view = load_pipeline(self.novel_view_path, "cpu")
+        return self._novel_view
 
 
 Panel = Callable[[Models, Path], list[Path]]
@@ -121,6 +147,24 @@ def check_models(image_path: Path, video_path: Path) -> None:
     if video_cls not in VIDEO_PIPELINES:
         fail(f"--video-model {video_path} is a {video_cls}; --video-model takes a Wan text-to-video "
              f"folder such as {DEFAULT_VIDEO_MODEL.relative_to(ROOT)}")
+
+
+def check_novel_view_model(path: Path | None) -> Path | None:
+    """The novel-view folder to draw with: a given one must be a Zero-1-to-3 folder (else one error
+    line); without one, the default folder if it exists, else None (the panel is skipped)."""
+    if path is None:
+        if not DEFAULT_NOVEL_VIEW_MODEL.exists():
+            return None
+        path = DEFAULT_NOVEL_VIEW_MODEL
+    cls = pipeline_class(path, "--novel-view-model", DEFAULT_NOVEL_VIEW_MODEL)
+    if cls not in NOVEL_VIEW_PIPELINES:
+        fail(f"--novel-view-model {path} is a {cls}; --novel-view-model takes a Zero-1-to-3 folder "
+             f"({NOVEL_VIEW_PIPELINES[0]} layout) such as {DEFAULT_NOVEL_VIEW_MODEL.relative_to(ROOT)}")
+    missing = [p for p in NOVEL_VIEW_PARTS if not (path / p / "config.json").is_file()]
+    if missing:
+        fail(f"--novel-view-model {path} lacks {missing}; export a run with "
+             "`python -m worlds.shapes3d.zero123 --run RUN --out FOLDER`")
+    return path
 
 
 def fail(message: str) -> NoReturn:
@@ -267,33 +311,79 @@ def panel_tile_sparse(models: Models, out_dir: Path) -> list[Path]:
     return [save(stack(rows), out_dir / "tile_sparse.png")]
 
 
+def panel_novel_view(models: Models, out_dir: Path, plain_steps: int = 50,
+                     z2h: ZeroToHeroConfig | None = None) -> list[Path]:
+    """Source | ground truth | plain Zero-1-to-3 (``plain_steps`` DDIM steps) | Zero-to-Hero (``z2h``,
+    default ``ZeroToHeroConfig()``) for the first target view of the first scene of each off-centre
+    group, one seed, PSNR against the render in the labels. ``plain_steps`` / ``z2h`` exist so a test
+    can draw it fast; the demo uses the defaults (z2h_eval's ``plain`` and ``z2h``)."""
+    from attn_processors.zero_to_hero import ZeroToHeroConfig
+    from benchmarks.z2h_eval import relative_pose, world
+
+    z2h = ZeroToHeroConfig() if z2h is None else z2h
+    w, pipe = world(), models.novel_view
+    size = pipe.image_size
+    scenes = [s for s in w.first_per_group(w.load_scenes(NOVEL_VIEW_SCENES), 1)
+              if s.extra.get("group") in NOVEL_VIEW_GROUPS]
+    rows = []
+    for scene in scenes:
+        source, target = scene.views[0], scene.views[1]
+        src = w.render(scene.objects, source, size=size).rgb.numpy()  # (H, W, 3) uint8
+        truth = w.render(scene.objects, target, size=size).rgb.numpy()
+        pose = relative_pose(source, target)
+        made = {}
+        for name, config in (("plain", ZeroToHeroConfig.plain(plain_steps)), ("z2h", z2h)):
+            out = pipe(src, [pose], z2h=config, output_type="np",
+                       generator=torch.Generator().manual_seed(NOVEL_VIEW_SEED))
+            made[name] = (out.images[0] * 255).round().astype(np.uint8)
+        rows.append(labelled_row([
+            (f"source {scene.extra.get('id', '')}", enlarge(Image.fromarray(src))),
+            (f"truth, d az {pose[1]:+.0f}", enlarge(Image.fromarray(truth))),
+            (f"plain, {plain_steps} steps, {psnr(made['plain'], truth):.1f} dB",
+             enlarge(Image.fromarray(made["plain"]))),
+            (f"Zero-to-Hero, {psnr(made['z2h'], truth):.1f} dB", enlarge(Image.fromarray(made["z2h"]))),
+        ]))
+    return [save(stack(rows), out_dir / "novel_view.png")]
+
+
 PANELS: list[tuple[str, Panel]] = [
     ("samples", panel_samples),
     ("attention", panel_attention),
     ("layout", panel_layout),
     ("sage", panel_sage),
     ("tile_sparse", panel_tile_sparse),
+    ("novel_view", panel_novel_view),
 ]
-# what the panels write: the pictures README.md and docs/*.md show (tests/test_docs_examples.py checks)
-PICTURES = ("samples.png", "attention_maps.png", "layout.png", "sage.png", "tile_sparse.png")
+# what the panels write: the pictures README.md and docs/*.md show (tests/test_docs_examples.py checks).
+# novel_view.png only once assets/shapes3d-zero123 ships: until then `make demo` skips it, and the slow
+# test compares every name here with what `make demo` draws.
+PICTURES = ("samples.png", "attention_maps.png", "layout.png", "sage.png", "tile_sparse.png",
+            *(("novel_view.png",) if DEFAULT_NOVEL_VIEW_MODEL.exists() else ()))
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a Stable Diffusion 1.x/2.x folder")
     p.add_argument("--video-model", type=Path, default=DEFAULT_VIDEO_MODEL, help="a Wan text-to-video folder")
+    p.add_argument("--novel-view-model", type=Path, default=None,
+                   help="a Zero-1-to-3 folder (default: assets/shapes3d-zero123 when it exists)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     check_models(args.model, args.video_model)
+    novel_view = check_novel_view_model(args.novel_view_model)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     diffusers_logging.disable_progress_bar()  # loading bars would bury the printed paths
     transformers_logging.disable_progress_bar()
     t0 = time.perf_counter()
-    models = Models(args.model, args.video_model)
+    models = Models(args.model, args.video_model, novel_view)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"models: {args.model}, {args.video_model}")
+    print(f"models: {args.model}, {args.video_model}" + (f", {novel_view}" if novel_view else ""))
     written: list[Path] = []
     for name, panel in PANELS:
+        if name == "novel_view" and novel_view is None:
+            print(f"[{name}] skipped: no {DEFAULT_NOVEL_VIEW_MODEL.relative_to(ROOT)} yet (train and export "
+                  "the 3D world's Zero-1-to-3, or give --novel-view-model)")
+            continue
         t = time.perf_counter()
         paths = panel(models, args.out)
         written += paths
