@@ -7,7 +7,7 @@
 #   B. the 3D world's Zero-1-to-3 model assets/shapes3d-zero123 (issue 15): view cache, UNet until TRAIN_END;
 #   C. the 3D world's text+depth model assets/shapes3d-sd with controlnet-depth/: cache, the text-to-image
 #      UNet for T2I_SHARE % of what is left, then the depth ControlNet until TRAIN_END.
-# B and C share one 3D VAE: VAE3D (default runs/zero123/vae, e.g. the CPU run's, carried to the machine) when
+# B and C share one 3D VAE: VAE3D (default assets/shapes3d-vae, the CPU-trained one in the repository) when
 # it exists, else the shapes-sd VAE fine-tuned on renders here first (VAE3D_STEPS steps).
 # Everything lands under $OUT: the three exported model folders as a split tarball (models.tgz.part-*; rejoin
 # with `cat models.tgz.part-* | tar xz`: export/<model>/ and logs/), and session.log (timings, each job's rc,
@@ -17,8 +17,8 @@
 #   OMP_NUM_THREADS=1 nice -n 10 env DEVICE=cpu SMALL=1 TRAIN_END=60 OUT=/tmp/rehearse PY=.venv/bin/python \
 #       bash benchmarks/gpu_session_worlds.sh                              # CPU rehearsal, end to end
 #   bash benchmarks/gpu_session_worlds.sh                                    # on the device (OUT is set there)
-# On the device carry .whl (diffusers and its needs, as for benchmarks/gpu_session.sh; installed here) and,
-# if it exists, runs/zero123/vae; a run of ~8.5 minutes: timeout_s 600 leaves the export and packing ~60 s.
+# On the device carry .whl (diffusers and its needs, as for benchmarks/gpu_session.sh; installed here); a run
+# of ~8.5 minutes: timeout_s 600 leaves the export and packing ~60 s.
 # Run again on the still-warm machine, every phase resumes from its checkpoint under $WORK with a fresh budget.
 # Then, here: unpack, copy export/* to assets/, evaluate (benchmarks/shapes_eval.py, novel_view_eval.py,
 # shapes3d_eval.py) and rewrite the style card with `python -m worlds.shapes.export --card-only --metrics ...`.
@@ -29,7 +29,7 @@ OUT=${OUT:?set OUT to the results folder}
 TRAIN_END=${TRAIN_END:-420}     # seconds after start when every training must have stopped
 STYLE_VAE_S=${STYLE_VAE_S:-100} # time box of the style VAE fine-tune
 T2I_SHARE=${T2I_SHARE:-55}      # % of C's training time for the text-to-image UNet (the rest: ControlNet)
-VAE3D=${VAE3D:-runs/zero123/vae}
+VAE3D=${VAE3D:-assets/shapes3d-vae}
 SMALL=${SMALL:-0}
 W=${WORK:-/tmp/gpu_session_worlds}
 START=$(date +%s)
