@@ -36,22 +36,10 @@ if [ "$SMALL" = 1 ]; then
 else
   VCACHE=30000; ICACHE=60000; VB=128; IB=128; WORKERS=12
 fi
-# carried wheels (.whl/: the device machine has torch and triton but no diffusers): diffusers into /tmp/site; our tested
-# transformers into /tmp/site_tf, used only if it imports and builds the video tokenizer there
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/diffusers-*.whl .whl/importlib_metadata-*.whl .whl/zipp-*.whl >> "$LOG" 2>&1
-  export PYTHONPATH=/tmp/site:$PWD
-  if ls .whl/transformers-*.whl > /dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_tf \
-      .whl/transformers-*.whl >> "$LOG" 2>&1
-    PYTHONPATH=/tmp/site_tf:$PYTHONPATH $PY -c "import transformers, diffusers
-from worlds.moving_shapes.tokenizer import build_video_tokenizer
+. benchmarks/gpu_wheels.sh  # carried wheels (.whl/): diffusers, and our transformers where it builds these
+install_carried_wheels "from worlds.moving_shapes.tokenizer import build_video_tokenizer
 from worlds.shapes.tokenizer import build_tokenizer
-build_video_tokenizer(); build_tokenizer()" >> "$LOG" 2>&1 && export PYTHONPATH=/tmp/site_tf:$PYTHONPATH
-  fi
-  say "PYTHONPATH=$PYTHONPATH"
-fi
+build_video_tokenizer(); build_tokenizer()"
 { nvidia-smi 2>/dev/null | head -15; $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__,
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"; nproc; free -g; } >> "$LOG" 2>&1
 
