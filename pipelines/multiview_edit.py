@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -96,6 +97,38 @@ def load_views(transforms: str | os.PathLike) -> tuple[Tensor, Cameras]:
                              f"{cameras.width}x{cameras.height}; resize the image or fix w/h")
         images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
     return torch.stack(images), cameras
+
+
+def load_depths(transforms: str | os.PathLike) -> Tensor | None:
+    """(V, H, W) z-depth from the frames' ``depth_file_path`` (16-bit PNGs, times the file's
+    ``depth_unit_scale_factor``, nerfstudio's default 1e-3; 0 = no surface -> inf), or None when no frame
+    has one. A frame without one while others have it, a missing file or a size that differs from the
+    cameras raises a ValueError naming the file and the frame."""
+    data = json.loads(Path(transforms).read_text(encoding="utf-8"))  # read_transforms has validated it
+    cameras, _ = read_transforms(transforms)
+    frames = data["frames"]
+    given = ["depth_file_path" in f for f in frames]
+    if not any(given):
+        return None
+    scale = data.get("depth_unit_scale_factor", 1e-3)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise ValueError(f"{transforms}: depth_unit_scale_factor={scale!r}; give a positive number")
+    depths = []
+    for i, frame in enumerate(frames):
+        where = f"{transforms}: frames[{i}]"
+        if not given[i]:
+            raise ValueError(f"{where} has no depth_file_path while other frames have one; give every "
+                             "frame its depth or none")
+        path = Path(transforms).parent / frame["depth_file_path"]
+        if not path.is_file():
+            raise ValueError(f"{where} ({path}): the depth file does not exist")
+        with PIL.Image.open(path) as img:
+            raw = np.asarray(img, dtype=np.float64)
+        if raw.shape != (cameras.height, cameras.width):
+            raise ValueError(f"{where} ({path}): depth of shape {raw.shape}, cameras are "
+                             f"{cameras.width}x{cameras.height}; give one-channel depth at the image size")
+        depths.append(torch.from_numpy(np.where(raw > 0, raw * scale, np.inf)).float())
+    return torch.stack(depths)
 
 
 def to_tensor_views(images: Any, name: str = "images") -> Tensor:

@@ -69,8 +69,9 @@ def multiview_inputs(root: Path) -> tuple[Path, Path, Path]:
     zips = []
     for name, transforms in (("views.zip", scene / "transforms.json"), ("bad.zip", json.dumps(bad))):
         with zipfile.ZipFile(root / name, "w") as archive:
-            for path in (scene / "images").iterdir():
-                archive.write(path, f"scene/images/{path.name}")
+            for sub in ("images", "depth"):  # the depth drives the field's density (and a depth ControlNet)
+                for path in (scene / sub).iterdir():
+                    archive.write(path, f"scene/{sub}/{path.name}")
             archive.writestr("scene/transforms.json", transforms if isinstance(transforms, str)
                              else transforms.read_text())
         zips.append(root / name)

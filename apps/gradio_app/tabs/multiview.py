@@ -20,7 +20,8 @@ import torch
 
 import attn_processors.qnerf  # noqa: F401  (registers QNeRFConfig with the config registry)
 from attn_processors.core.registry import config_from_data, config_to_data
-from pipelines.multiview_edit import MultiViewEditPipeline, load_views
+from pipelines.multiview_edit import MultiViewEditPipeline, load_depths, load_views
+from worlds.shapes3d.models import depth_control
 
 from ..runs import (
     MODELS,
@@ -96,6 +97,13 @@ def figure(before: list[PIL.Image.Image], after: list[PIL.Image.Image]) -> PIL.I
     return out
 
 
+def depth_controls(depths: torch.Tensor) -> torch.Tensor:
+    """The depth ControlNet's input per view (V, 3, H, W), the 3D world's convention (normalised inverse
+    depth), used for the source and the edit alike: right for appearance edits; a shape edit needs the new
+    shape's depth (``controls=`` in a script)."""
+    return torch.stack([depth_control(d) for d in depths])
+
+
 def snippet(model: str, transforms: Path, source: str, edit: str, config_json: str, steps: int,
             guidance: float, seed: int) -> str:
     return f'''"""The Gradio app's multi-view edit (seed {seed}); writes edited_<i>.png."""
@@ -103,15 +111,21 @@ import torch
 
 import attn_processors.qnerf  # noqa: F401  (makes QNeRFConfig known to config_from_json)
 from attn_processors import config_from_json
-from pipelines.multiview_edit import MultiViewEditPipeline, load_views
+from pipelines.multiview_edit import MultiViewEditPipeline, load_depths, load_views
+from worlds.shapes3d.models import depth_control
 
 pipe = MultiViewEditPipeline.from_pretrained({model!r})
 images, cameras = load_views({str(transforms)!r})
+depths = load_depths({str(transforms)!r})  # None without depth files
+controls = None  # the depth ControlNet's input, when the model has one and the views carry depth
+if depths is not None and pipe.controlnet is not None:
+    controls = torch.stack([depth_control(d) for d in depths])
 qnerf = config_from_json("""
 {config_json}
 """)
-out = pipe(images, cameras, {source!r}, {edit!r}, qnerf=qnerf, num_inference_steps={steps},
-           guidance_scale={guidance!r}, generator=torch.Generator().manual_seed({seed}))
+out = pipe(images, cameras, {source!r}, {edit!r}, qnerf=qnerf, controls=controls, depths=depths,
+           num_inference_steps={steps}, guidance_scale={guidance!r},
+           generator=torch.Generator().manual_seed({seed}))
 for i, image in enumerate(out.images):
     image.save(f"edited_{{i}}.png")
 '''
@@ -128,13 +142,15 @@ def generate(model: str, views: Any, source_prompt: str, edit_prompt: str, optio
     folder = run_folder(TAB)
     transforms = transforms_of(views, folder)
     images, cameras = load_views(transforms)  # ValueError naming the file and frame
+    depths = load_depths(transforms)  # None when the frames carry no depth_file_path
     source = shipped_or_given(model, DEFAULT_MODEL, NEEDS)
     loaded = MODELS.get(source, load)
+    controls = depth_controls(depths) if depths is not None and loaded.pipe.controlnet is not None else None
     with loaded.lock:
         start = time.perf_counter()
         with stepping(loaded.pipe, progress, flag, "multi-view edit"):
-            out = loaded.pipe(images, cameras, source_prompt, edit_prompt, qnerf=config,
-                              num_inference_steps=steps, guidance_scale=float(guidance),
+            out = loaded.pipe(images, cameras, source_prompt, edit_prompt, qnerf=config, controls=controls,
+                              depths=depths, num_inference_steps=steps, guidance_scale=float(guidance),
                               generator=torch.Generator().manual_seed(seed))
         elapsed = time.perf_counter() - start
     before = [PIL.Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255)
@@ -158,7 +174,9 @@ def generate(model: str, views: Any, source_prompt: str, edit_prompt: str, optio
 def build(default_model: str | Path) -> None:
     with gr.Tab(TITLE, id=TAB):
         gr.Markdown("Posed views of one object in (a zip with a nerfstudio `transforms.json` and its "
-                    "images), every view edited to the edit prompt and kept consistent by a query NeRF. "
+                    "images, and depth files if its frames name them: they supervise the query NeRF's "
+                    "density and feed the model's depth ControlNet, for the source and the edit alike), "
+                    "every view edited to the edit prompt and kept consistent by a query NeRF. "
                     + default_model_note(Path(default_model), NEEDS))
         with gr.Row():
             with gr.Column():
