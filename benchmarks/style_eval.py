@@ -129,9 +129,36 @@ def knows_style_words(tokenizer) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- runs
+def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
+    """``--set MODE.FIELD=VALUE`` items as {mode: {field: value}}; VALUE is JSON (lists become tuples).
+
+    Each field is checked against ``StyleConfig`` so a typo fails before any image is made.
+    """
+    import dataclasses
+
+    from attn_processors.style import StyleConfig
+
+    fields = {f.name for f in dataclasses.fields(StyleConfig)} - {"mode"}
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        mode, dot, name = key.partition(".")
+        if not sep or not dot or mode not in INJECTION_MODES or name not in fields:
+            raise ValueError(f"--set {item!r}: give MODE.FIELD=VALUE with MODE in {INJECTION_MODES} "
+                             f"and FIELD a StyleConfig field ({sorted(fields)}), e.g. illusign.contrast=1.3")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word: a string field such as edge_stream=out
+        out.setdefault(mode, {})[name] = tuple(value) if isinstance(value, list) else value
+    for mode, changes in out.items():
+        StyleConfig(mode=mode, **changes)  # ValueError naming the field and the value
+    return out
+
+
 def stylise(pipe, mode: str, content: np.ndarray, style_image: np.ndarray, pair: dict, seed: int,
-            steps: int, prompt: str) -> np.ndarray:
-    """One output of ``mode`` as (H, W, 3) uint8."""
+            steps: int, prompt: str, overrides: dict[str, object] | None = None) -> np.ndarray:
+    """One output of ``mode`` (its ``StyleConfig`` defaults, changed by ``overrides``) as (H, W, 3) uint8."""
     from attn_processors.style import StyleConfig
 
     if mode == "text":
@@ -141,13 +168,15 @@ def stylise(pipe, mode: str, content: np.ndarray, style_image: np.ndarray, pair:
         inv = pipe.invert(latent, prompt, seed=seed, num_inference_steps=steps)
         image = pipe.decode(pipe.reconstruct(inv, prompt))
     else:
-        image = pipe(Image.fromarray(content), Image.fromarray(style_image), config=StyleConfig(mode=mode),
-                     prompt=prompt, seed=seed, num_inference_steps=steps).image
+        config = StyleConfig(mode=mode, **(overrides or {}))
+        image = pipe(Image.fromarray(content), Image.fromarray(style_image), config=config, prompt=prompt,
+                     seed=seed, num_inference_steps=steps).image
     return np.asarray(image.convert("RGB"))
 
 
 def run_mode(pipe, mode: str, pairs: list[dict], seeds: list[int], steps: int, use_caption: bool,
-             save_dir: Path | None = None, firsts: list[np.ndarray] | None = None) -> dict[str, float]:
+             save_dir: Path | None = None, firsts: list[np.ndarray] | None = None,
+             overrides: dict[str, object] | None = None) -> dict[str, float]:
     """Mean metrics of ``mode`` over pairs x seeds; the outputs as PNGs under ``save_dir``, and each
     pair's first-seed output appended to ``firsts`` (for the grid)."""
     size = pipe.image_size
@@ -158,7 +187,7 @@ def run_mode(pipe, mode: str, pairs: list[dict], seeds: list[int], steps: int, u
         prompt = pair["content_prompt"] if use_caption else ""
         for seed in seeds:
             t0 = time.perf_counter()
-            out = stylise(pipe, mode, content, style_image, pair, seed, steps, prompt)
+            out = stylise(pipe, mode, content, style_image, pair, seed, steps, prompt, overrides)
             seconds += time.perf_counter() - t0
             rows.append(score(out, content, style_image, objects, pair["style"]))
             if firsts is not None and seed == seeds[0]:
@@ -190,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--save", default=None, help="folder for content | style | output PNGs per image")
     p.add_argument("--grid", default=None,
                    help="write a PNG grid here: a row per pair, columns content, style, each mode (seed 0)")
+    p.add_argument("--set", action="append", default=[], metavar="MODE.FIELD=VALUE",
+                   help="change one StyleConfig default of a mode (JSON value), e.g. illusign.contrast=1.3; "
+                        "repeatable (for tuning on a pair file that is then not reported)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true",
                    help=f"CI size: the first {QUICK_PAIRS} pairs, 1 seed, 10 steps")
@@ -200,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     try:
         modes = parse_modes(args.modes)
         pairs = load_pairs(args.pairs)
+        overrides = parse_overrides(args.set)
     except ValueError as err:
         p.error(str(err))
     model = Path(args.model)
@@ -234,14 +267,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             print(f"  {mode:14s} skipped: {methods[mode]['skipped']}")
             continue
         outputs[mode] = []
-        row = run_mode(pipe, mode, pairs, seeds, steps, args.caption_prompt, save_dir, outputs[mode])
+        row = run_mode(pipe, mode, pairs, seeds, steps, args.caption_prompt, save_dir, outputs[mode],
+                       overrides.get(mode))
         methods[mode] = row
         print(f"  {mode:14s} style {row['style_accuracy']:.3f}  content {row['content_kept']:.3f}  "
               f"gram {row['gram_distance']:.3f} (reduction {row['gram_reduction']:+.3f})  "
               f"edge F1 {row['edge_f1']:.3f}  {row['seconds_per_image']:.2f} s/image")
     result = {"methods": methods, "model": args.model, "pairs": args.pairs, "num_pairs": len(pairs),
               "seeds": seeds, "steps": steps, "load_seconds": round(load_s, 2),
-              "prompt": "content caption" if args.caption_prompt else "empty"}
+              "prompt": "content caption" if args.caption_prompt else "empty",
+              "overrides": {m: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}
+                            for m, o in overrides.items()}}
     if args.grid:
         write_grid(args.grid, pairs, outputs, pipe.image_size)
         print(f"grid -> {args.grid}")

@@ -71,6 +71,9 @@ def test_gram_distance_orders_styles_and_edges_are_canny():
     (["--modes", "none,sketchy"], "give comma-separated modes of"),
     (["--pairs", "no/such/pairs.json"], "pair file 'no/such/pairs.json' does not exist"),
     (["--model", "no/such/model"], "--model no/such/model: no Diffusers pipeline folder there"),
+    (["--set", "illusign.contrst=1.2"], "--set 'illusign.contrst=1.2': give MODE.FIELD=VALUE"),
+    (["--set", "text.contrast=1.2"], "--set 'text.contrast=1.2': give MODE.FIELD=VALUE"),
+    (["--set", "illusign.contrast=-1"], "StyleConfig.contrast=-1 must be >= 0"),
 ])
 def test_bad_arguments_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -86,6 +89,20 @@ def test_missing_style_model_names_the_way_out(capsys, monkeypatch):
         se.main([])
     err = capsys.readouterr().err
     assert "assets/no-such-style-model is not there yet" in err and "--model assets/shapes-sd" in err
+
+
+def test_overrides_change_one_mode_and_are_recorded(tmp_path, capsys):
+    items = ["illusign.steps=[0.2, 0.8]", "illusign.edge_stream=out", "kv_swap.contrast=1.5"]
+    assert se.parse_overrides(items) == {"illusign": {"steps": (0.2, 0.8), "edge_stream": "out"},
+                                         "kv_swap": {"contrast": 1.5}}
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps(se.load_pairs(se.DEFAULT_PAIRS)[:1]))
+    base = ["--model", "assets/shapes-sd", "--pairs", str(pairs), "--seeds", "1", "--steps", "4",
+            "--modes", "illusign"]
+    plain = se.main(base)
+    changed = se.main([*base, "--set", "illusign.contrast=1.0", "--set", "illusign.w_edge=0.0"])
+    assert plain["overrides"] == {} and changed["overrides"] == {"illusign": {"contrast": 1.0, "w_edge": 0.0}}
+    assert plain["methods"]["illusign"]["gram_distance"] != changed["methods"]["illusign"]["gram_distance"]
 
 
 def test_bad_pairs_are_named(tmp_path):
