@@ -27,6 +27,12 @@ Metrics per image (means per mode):
 - ``edge_f1`` against the content image (Canny 5x5 blur, 30/120, 3 px tolerance);
 - ``seconds_per_image``: wall time of one stylisation (inversions included).
 
+Each injection mode is reported twice: as drawn, and as ``<mode>+colours``, the same images with the
+content's colours put back (``pipelines.colour_keep``, ``StyleTransferPipeline(..., keep_colours=True)``):
+attention transfer reads its values from the style image, so it takes the style's palette along with
+its strokes, while ``content_kept`` asks for the content's colours. The step recolours each stroke
+region as drawn and never takes geometry from the content.
+
 ``--grid FILE`` writes one picture: a row per pair, columns content, style and each mode (first seed).
 The last line is one JSON object: ``{"methods": {mode: {...}}, ...}``.
 """
@@ -48,6 +54,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.style_metrics import edge_f1, gram_distance, gram_reduction  # noqa: E402
+from pipelines.colour_keep import keep_content_colours  # noqa: E402
 from worlds.shapes.data import sample_background, sample_objects  # noqa: E402
 from worlds.shapes.detector import box_iou  # noqa: E402
 from worlds.shapes.render import SceneObject  # noqa: E402
@@ -57,6 +64,7 @@ from worlds.shapes.vocab import COLOUR_RGB, parse_caption  # noqa: E402
 
 MODES = ("none", "illusign", "style_aligned", "style_id", "kv_swap", "text")
 INJECTION_MODES = ("illusign", "style_aligned", "style_id", "kv_swap")
+KEPT_SUFFIX = "+colours"  # an injection mode's outputs with the content's colours put back
 DEFAULT_MODEL = ROOT / "assets" / "shapes-style-sd"
 DEFAULT_PAIRS = ROOT / "benchmarks" / "cases" / "style_pairs.json"
 PAIR_KEYS = ("content_prompt", "content_seed", "style", "style_prompt", "style_seed")
@@ -176,11 +184,14 @@ def stylise(pipe, mode: str, content: np.ndarray, style_image: np.ndarray, pair:
 
 def run_mode(pipe, mode: str, pairs: list[dict], seeds: list[int], steps: int, use_caption: bool,
              save_dir: Path | None = None, firsts: list[np.ndarray] | None = None,
-             overrides: dict[str, object] | None = None) -> dict[str, float]:
-    """Mean metrics of ``mode`` over pairs x seeds; the outputs as PNGs under ``save_dir``, and each
-    pair's first-seed output appended to ``firsts`` (for the grid)."""
+             overrides: dict[str, object] | None = None,
+             kept_firsts: list[np.ndarray] | None = None) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Mean metrics of ``mode`` over pairs x seeds, and for an injection mode those of the same outputs
+    with the content's colours kept (``pipelines.colour_keep``; else None). The outputs go as PNGs
+    under ``save_dir``; each pair's first-seed output is appended to ``firsts`` (``kept_firsts``)."""
     size = pipe.image_size
     rows, seconds = [], 0.0
+    kept_rows: list[dict[str, float]] | None = [] if mode in INJECTION_MODES else None
     for i, pair in enumerate(pairs):
         content, objects = render_scene(pair["content_prompt"], pair["content_seed"], "flat", size)
         style_image, _ = render_scene(pair["style_prompt"], pair["style_seed"], pair["style"], size)
@@ -190,13 +201,21 @@ def run_mode(pipe, mode: str, pairs: list[dict], seeds: list[int], steps: int, u
             out = stylise(pipe, mode, content, style_image, pair, seed, steps, prompt, overrides)
             seconds += time.perf_counter() - t0
             rows.append(score(out, content, style_image, objects, pair["style"]))
+            if kept_rows is not None:  # the same output with the content's colours put back
+                kept = np.asarray(keep_content_colours(Image.fromarray(out), Image.fromarray(content)))
+                kept_rows.append(score(kept, content, style_image, objects, pair["style"]))
+                if kept_firsts is not None and seed == seeds[0]:
+                    kept_firsts.append(kept)
             if firsts is not None and seed == seeds[0]:
                 firsts.append(out)
             if save_dir is not None:
                 grid = np.concatenate([content, style_image, out], axis=1)
                 Image.fromarray(grid).save(save_dir / f"{mode}_pair{i}_seed{seed}.png")
-    summary = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
-    return summary | {"images": len(rows), "seconds_per_image": round(seconds / len(rows), 3)}
+    timing = {"images": len(rows), "seconds_per_image": round(seconds / len(rows), 3)}
+    summary = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]} | timing
+    if not kept_rows:
+        return summary, None
+    return summary, {k: round(float(np.mean([r[k] for r in kept_rows])), 4) for k in kept_rows[0]} | timing
 
 
 def parse_modes(text: str) -> list[str]:
@@ -266,13 +285,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             methods[mode] = {"skipped": "the model's vocabulary lacks the style words (a flat-only model)"}
             print(f"  {mode:14s} skipped: {methods[mode]['skipped']}")
             continue
-        outputs[mode] = []
-        row = run_mode(pipe, mode, pairs, seeds, steps, args.caption_prompt, save_dir, outputs[mode],
-                       overrides.get(mode))
+        outputs[mode], kept_outputs = [], []
+        row, kept = run_mode(pipe, mode, pairs, seeds, steps, args.caption_prompt, save_dir, outputs[mode],
+                             overrides.get(mode), kept_outputs)
         methods[mode] = row
-        print(f"  {mode:14s} style {row['style_accuracy']:.3f}  content {row['content_kept']:.3f}  "
-              f"gram {row['gram_distance']:.3f} (reduction {row['gram_reduction']:+.3f})  "
-              f"edge F1 {row['edge_f1']:.3f}  {row['seconds_per_image']:.2f} s/image")
+        if kept is not None:
+            methods[mode + KEPT_SUFFIX] = kept
+            outputs[mode + KEPT_SUFFIX] = kept_outputs
+        for name in (mode, mode + KEPT_SUFFIX) if kept is not None else (mode,):
+            r = methods[name]
+            print(f"  {name:18s} style {r['style_accuracy']:.3f}  content {r['content_kept']:.3f}  "
+                  f"gram {r['gram_distance']:.3f} (reduction {r['gram_reduction']:+.3f})  "
+                  f"edge F1 {r['edge_f1']:.3f}  {r['seconds_per_image']:.2f} s/image")
     result = {"methods": methods, "model": args.model, "pairs": args.pairs, "num_pairs": len(pairs),
               "seeds": seeds, "steps": steps, "load_seconds": round(load_s, 2),
               "prompt": "content caption" if args.caption_prompt else "empty",

@@ -12,6 +12,7 @@ Usage (the API other modules build on; keep it stable):
     start.image.save("start_illustration.png")
     fused = pipe.combine(start, end, mode="query")                            # stage 2 -> PIL image
     ref = pipe.text_route("a red circle", "outline", seed=0)                  # "..., outline style"
+    kept = pipe(Image.open("start.png"), Image.open("style.png"), keep_colours=True)  # content's colours
     off = StyleConfig(steps=(0.0, 0.0), adain_steps=(0.0, 0.0))   # no injection: gives back the start
                                                                   # image (IlluSign: the edges)
 
@@ -61,6 +62,7 @@ from attn_processors.style import (
     row_labels,
     swap_guidance,
 )
+from pipelines.colour_keep import keep_content_colours
 from pipelines.edit_friendly_inversion import Inversion, alphas, ddpm_step, invert, reconstruct
 
 Tensor = torch.Tensor
@@ -215,8 +217,13 @@ class StyleTransferPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, content: PIL.Image.Image, style: PIL.Image.Image | None, *,
                  config: StyleConfig | None = None, prompt: str = "", seed: int = 0,
-                 num_inference_steps: int = 50, guidance_scale: float = 1.0) -> StyleResult:
-        """Stylise `content` with the look of `style` (config None: IlluSign's defaults)."""
+                 num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                 keep_colours: bool = False) -> StyleResult:
+        """Stylise `content` with the look of `style` (config None: IlluSign's defaults).
+
+        ``keep_colours``: recolour the output's strokes with the content's colours
+        (`pipelines.colour_keep`; attention transfer otherwise takes the style's palette too).
+        """
         cfg = (config or StyleConfig()).resolved()
         content_im, style_im = self._check_image(content, "content"), self._check_image(style, "style")
         edges = canny_edges(content_im)
@@ -226,7 +233,10 @@ class StyleTransferPipeline(DiffusionPipeline):
         inv = self.invert(self.encode([images[r] for r in roles]), prompt, seed=seed,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         latent = self._denoise(inv, roles, roles.index(cfg.init), cfg, SWAP, prompt, guidance_scale)
-        return StyleResult(self.decode(latent), latent, inv.rows(roles.index("style")), cfg, prompt, seed,
+        image = self.decode(latent)
+        if keep_colours:
+            image = keep_content_colours(image, content_im)
+        return StyleResult(image, latent, inv.rows(roles.index("style")), cfg, prompt, seed,
                            num_inference_steps, guidance_scale, edges)
 
     def _denoise(self, inv: Inversion, roles: list[str], init: int, cfg: StyleConfig, phase: str,

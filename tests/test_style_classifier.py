@@ -118,3 +118,13 @@ def test_mixed_styles_in_one_image_are_told_apart():
     assert classify_styles(image) == {
         objects[0].colour: "outline", objects[1].colour: "hatched", objects[2].colour: "dotted"
     }
+
+
+def test_an_outline_with_a_gap_is_still_an_outline():
+    """A generated stroke may break; the convex hull (every shape of the world is convex) closes it."""
+    img = render_styled([SceneObject("yellow", "square", (0.2, 0.2, 0.6, 0.6))], "outline")
+    broken = img.copy()
+    broken[10:16, 20:40] = 255  # wipe a stretch of the top stroke: the flood now reaches the interior
+    assert not fill_holes(np.linalg.norm(broken.astype(float) - 255, axis=-1) > 60)[25, 25]
+    assert [(d.colour, d.shape, d.style) for d in detect_styled(broken)] == [("yellow", "square", "outline")]
+    assert sc.silhouette_of(np.zeros((8, 8), bool)).sum() == 0

@@ -124,14 +124,16 @@ def test_end_to_end_on_the_flat_model(tmp_path, capsys):
                       "--grid", str(grid)])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(result))
-    assert set(last["methods"]) == set(se.MODES)
+    assert set(last["methods"]) == set(se.MODES) | {m + se.KEPT_SUFFIX for m in se.INJECTION_MODES}
     assert "skipped" in last["methods"]["text"]  # the flat model has no style words
     none = last["methods"]["none"]
     # no injection replays the content's inversion: the flat content comes back, objects and edges kept
     assert none["content_kept"] == 1.0 and none["style_accuracy"] == 0.0 and none["edge_f1"] > 0.9
-    # one row (the pair), columns content, style and the five modes that ran, each 64 px x4
-    assert Image.open(grid).size == (7 * 64 * 4, 64 * 4)
+    # one row (the pair), columns content, style, none and the four injection modes as drawn and with
+    # the content's colours, each 64 px x4
+    assert Image.open(grid).size == (11 * 64 * 4, 64 * 4)
     for mode in se.INJECTION_MODES:
-        row = last["methods"][mode]
-        assert row["images"] == 1 and row["seconds_per_image"] > 0
+        row, kept = last["methods"][mode], last["methods"][mode + se.KEPT_SUFFIX]
+        assert row["images"] == kept["images"] == 1 and row["seconds_per_image"] > 0
+        assert kept["edge_f1"] == pytest.approx(row["edge_f1"], abs=0.15)  # recolouring keeps the strokes
         assert 0.0 <= row["style_accuracy"] <= 1.0 and 0.0 <= row["content_kept"] <= 1.0

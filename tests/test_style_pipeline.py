@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from attn_processors.style import StyleConfig
 from attn_processors.testing.tiny import WORDS, tiny_clip_tokenizer, tiny_pipeline
+from pipelines.colour_keep import keep_content_colours
 from pipelines.style_transfer import StyleTransferPipeline, canny_edges
 
 SHAPES = Path(__file__).resolve().parents[1] / "assets" / "shapes-sd"
@@ -83,6 +84,10 @@ def test_same_seed_same_picture(pipe, images, runs):
     again = pipe(content, style, config=StyleConfig(mode="illusign"), seed=3, num_inference_steps=STEPS)
     assert np.array_equal(np.asarray(again.image), np.asarray(runs["illusign"].image))
     assert torch.equal(again.latent, runs["illusign"].latent)
+    kept = pipe(content, style, config=StyleConfig(mode="illusign"), seed=3, num_inference_steps=STEPS,
+                keep_colours=True)  # the same picture, its strokes recoloured from the content
+    assert torch.equal(kept.latent, runs["illusign"].latent)
+    assert np.array_equal(np.asarray(kept.image), np.asarray(keep_content_colours(again.image, content)))
 
 
 def test_stage2_masks_select_the_start_or_the_end(pipe, images):

@@ -20,8 +20,9 @@ Rules (thresholds from ``derive_thresholds`` on seed-0 renders, checked on other
 ``fill >= FLAT_MIN_FILL`` -> flat; ``fill <= OUTLINE_MAX_FILL`` or no texture -> outline;
 ``anisotropy >= HATCH_MIN_ANISOTROPY`` -> hatched; else dotted.
 
-Objects are found by ``detect_styled``, the detector's colour labels with hole filling, so hollow
-and textured objects keep their full silhouette (the flat-world detector opens masks, which
+Objects are found by ``detect_styled``, the detector's colour labels with hole filling and the
+convex hull (every shape of the world is convex), so hollow and textured objects keep their full
+silhouette even where a generated stroke has a gap (the flat-world detector opens masks, which
 erases thin strokes).
 
 >>> from worlds.shapes.render import SceneObject
@@ -37,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from .detector import MIN_PIXELS, classify_shape, colour_labels, components, dilate
 from .render import SceneObject
@@ -56,6 +58,7 @@ MIN_TEXTURE_PIXELS = 16  # fewest pixels to measure the anisotropy on (else a sh
 EDGE_STEP = 0.3  # coverage jump between neighbours that counts as an edge
 MAX_STROKE = 8  # stroke_width is capped here (flat objects are ink all the way in)
 CORE_DISTANCE = 45.0  # RGB distance to the reference within which a pixel is fully inked (jitter <= 26)
+OPEN_HULL_RATIO = 1.6  # hull / filled area above which an outline counts as open (closed renders: <= 1.4)
 MIN_CORE_PIXELS = 10  # fewest fully inked pixels of a real object (a 14 px outline has >= ~30)
 
 
@@ -105,6 +108,41 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def convex_silhouette(mask: np.ndarray) -> np.ndarray:
+    """``mask`` filled to its convex hull (pixel centres; edge pixels included).
+
+    Every shape of this world is convex, so the hull is the object's silhouette even when a generated
+    outline has a gap that ``fill_holes`` cannot close (an open stroke would otherwise read as flat).
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return mask.copy()
+    pts = sorted(set(zip(xs.tolist(), ys.tolist(), strict=True)))
+
+    def half(points: list[tuple[int, int]]) -> list[tuple[int, int]]:  # Andrew's monotone chain
+        hull: list[tuple[int, int]] = []
+        for q in points:
+            while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (q[1] - hull[-2][1])
+                                      - (hull[-1][1] - hull[-2][1]) * (q[0] - hull[-2][0])) <= 0:
+                hull.pop()
+            hull.append(q)
+        return hull
+
+    hull = half(pts)[:-1] + half(pts[::-1])[:-1]
+    canvas = Image.new("L", (mask.shape[1], mask.shape[0]), 0)
+    if len(hull) >= 3:  # else the pixels are collinear: a line is its own hull
+        ImageDraw.Draw(canvas).polygon(hull, fill=1, outline=1)
+    return mask | (np.asarray(canvas) > 0)
+
+
+def silhouette_of(ink: np.ndarray) -> np.ndarray:
+    """The object's full silhouette from its ink: holes filled; where that leaves the hull much larger
+    (``OPEN_HULL_RATIO``: an outline with a gap, whose interior the flood reaches), the convex hull."""
+    filled = fill_holes(ink)
+    hull = convex_silhouette(filled)
+    return hull if hull.sum() > OPEN_HULL_RATIO * filled.sum() else filled
+
+
 # ------------------------------------------------------------------------------------ features
 def coverage_map(image: np.ndarray, ink: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
     """Per-pixel ink coverage in [0, 1] along the background -> object colour line.
@@ -150,7 +188,7 @@ def _peeled(silhouette: np.ndarray, min_pixels: int) -> np.ndarray:
 
 def style_features(image: np.ndarray, ink: np.ndarray) -> StyleFeatures:
     """Features of one object from its ink mask (its colour's pixels, one connected object)."""
-    silhouette = fill_holes(ink)
+    silhouette = silhouette_of(ink)
     c = coverage_map(image, ink, silhouette)
     interior = _peeled(silhouette, MIN_INTERIOR)
     texture = _peeled(silhouette, MIN_TEXTURE_PIXELS)  # autocorrelation needs more pixel pairs
@@ -218,7 +256,7 @@ def detect_styled(image: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Style
         ink = object_ink(image, labels, ci)
         if ink is None:
             continue
-        silhouette = fill_holes(ink)
+        silhouette = silhouette_of(ink)
         if silhouette.sum() < min_pixels:
             continue
         shape, _, (x0, y0, x1, y1) = classify_shape(silhouette)
