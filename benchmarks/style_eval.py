@@ -310,14 +310,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def write_grid(path: str | Path, pairs: list[dict], outputs: dict[str, list[np.ndarray]], size: int) -> None:
-    """Rows = pairs; columns = content, style, then each mode's first-seed output (x4, nearest)."""
+    """Rows = pairs; columns = content, style, then each mode's first-seed output (x2, nearest)."""
     rows = []
     for i, pair in enumerate(pairs):
         content, _ = render_scene(pair["content_prompt"], pair["content_seed"], "flat", size)
         style_image, _ = render_scene(pair["style_prompt"], pair["style_seed"], pair["style"], size)
         rows.append(np.concatenate([content, style_image, *(outs[i] for outs in outputs.values())], axis=1))
     grid = Image.fromarray(np.concatenate(rows, axis=0))
-    grid.resize((grid.width * 4, grid.height * 4), Image.Resampling.NEAREST).save(path)
+    grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path, optimize=True)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def hand_mask(moving: list[tuple[Track, Arrow]], frame: int, crop: Crop) -> np.n
 class SignIllustrationPipeline:
     """Stage 1 and 2 through a ``StyleTransferPipeline``; tracking, span and arrows around them.
 
-    >>> pipe = SignIllustrationPipeline.from_pretrained("assets/shapes-sd")  # doctest: +SKIP
+    >>> pipe = SignIllustrationPipeline.from_pretrained("assets/shapes-style-sd")  # doctest: +SKIP
     >>> result = pipe("clip.mp4", "style.png", num_inference_steps=20)  # doctest: +SKIP
     >>> result.image.save("sign.png")  # doctest: +SKIP
     """
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> SignIllustration:
     p.add_argument("video", help="an MP4 file or a folder of PNG/JPEG frames")
     p.add_argument("--style", required=True, help="the style image (PNG/JPEG)")
     p.add_argument("--out", required=True, help="where to write the illustration (PNG)")
-    p.add_argument("--model", default="assets/shapes-sd", help="the image model folder")
+    p.add_argument("--model", default="assets/shapes-style-sd", help="the image model folder")
     p.add_argument("--start", type=int, default=None, help="start frame index (default: from the motion)")
     p.add_argument("--end", type=int, default=None, help="end frame index (default: from the motion)")
     p.add_argument("--combination", choices=COMBINATIONS, default="fused")

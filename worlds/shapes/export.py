@@ -128,7 +128,8 @@ def read_metrics(paths: list[Path]) -> dict[str, dict]:
 
 
 def _numbers(obj: dict, prefix: str = "", depth: int = 2) -> list[tuple[str, float]]:
-    """Flattened numeric entries of a benchmark's JSON (two levels deep: overall and per method)."""
+    """Flattened numeric entries of a benchmark's JSON, ``depth`` levels deep (overall, per method, per
+    group of a method)."""
     rows = []
     for k, v in obj.items():
         if isinstance(v, bool):
@@ -149,7 +150,7 @@ def _figures(metrics: dict[str, dict]) -> str:
                 "--metrics shapes_eval.json --metrics style_eval.json\n```\n")
     parts = []
     for name, obj in metrics.items():
-        rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in _numbers(obj))
+        rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in _numbers(obj, depth=3))
         head = f"`{name}` (last line of the benchmark's output):\n\n| figure | value |\n| --- | --- |"
         parts.append(f"{head}\n{rows}\n")
     return "\n".join(parts)
@@ -228,7 +229,7 @@ Machine: {machine.get('machine', '?')} (torch {machine.get('torch', '?')}), {mac
 ## Figures
 {_figures(metrics)}
 ## Limits
-Trained for minutes, on synthetic scenes only; it knows exactly the words above. `assets/shapes-sd`
+Trained briefly (compute above), on synthetic scenes only; it knows exactly the words above. `assets/shapes-sd`
 and its figures are unchanged by this model.
 """
 

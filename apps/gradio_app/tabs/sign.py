@@ -39,7 +39,7 @@ from . import style
 
 TAB = "sign"
 TITLE = "Sign illustration"
-DEFAULT_MODEL = ROOT / "assets" / "shapes-sd"
+DEFAULT_MODEL = ROOT / "assets" / "shapes-style-sd"  # knows the drawing styles (docs/models.md)
 
 
 def example_clip(folder: Path) -> tuple[Path, np.ndarray]:

@@ -37,7 +37,7 @@ from ..runs import (
 
 TAB = "style"
 TITLE = "Style / IlluSign"
-DEFAULT_MODEL = ROOT / "assets" / "shapes-sd"
+DEFAULT_MODEL = ROOT / "assets" / "shapes-style-sd"  # knows the drawing styles (docs/models.md)
 MODES: tuple[str, ...] = get_args(StyleMode)
 SHOW = 256
 
