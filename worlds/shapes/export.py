@@ -229,8 +229,8 @@ Machine: {machine.get('machine', '?')} (torch {machine.get('torch', '?')}), {mac
 ## Figures
 {_figures(metrics)}
 ## Limits
-Trained briefly (compute above), on synthetic scenes only; it knows exactly the words above. `assets/shapes-sd`
-and its figures are unchanged by this model.
+Trained briefly (compute above), on synthetic scenes only; it knows exactly the words above.
+`assets/shapes-sd` and its figures are unchanged by this model.
 """
 
 
