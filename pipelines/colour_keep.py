@@ -8,8 +8,8 @@ neural style transfer (Gatys et al. 2017, "Controlling Perceptual Factors"), ada
 
 1. the output's paper colour ``P`` is the median of its border pixels; a pixel is ink where it differs
    from ``P`` by more than ``min_ink`` (RGB distance);
-2. each connected ink region's full-ink colour ``I`` is its pixel farthest from ``P`` (90th percentile),
-   and a pixel's coverage is its projection onto ``I - P`` (0 = paper, 1 = full ink), as an
+2. each connected ink region's full-ink colour ``I`` is its pixel at the 90th percentile of distance
+   from ``P``, and a pixel's coverage is its projection onto ``I - P`` (0 = paper, 1 = full ink), as an
    anti-aliased stroke or a pale hatch line has partial coverage;
 3. the region's colour ``T`` is the median colour of the content object most of its pixels lie on or
    within ``radius`` px of (strokes drawn on a silhouette's edge); content objects are connected
