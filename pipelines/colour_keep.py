@@ -73,15 +73,16 @@ def keep_content_colours(output: PIL.Image.Image, content: PIL.Image.Image, *, r
     ink = np.linalg.norm(offset, axis=-1) > min_ink
     near, colours = content_objects(src, radius, min_ink)
     result = out.copy()
-    regions, n = ndimage.label(ink, structure=np.ones((3, 3)))
-    for r in range(1, n + 1):
-        where = regions == r
-        votes = np.bincount(near[where], minlength=len(colours))[1:]
+    regions, _ = ndimage.label(ink, structure=np.ones((3, 3)))
+    for r, box in enumerate(ndimage.find_objects(regions), start=1):  # each region within its bounding box
+        where = regions[box] == r
+        votes = np.bincount(near[box][where], minlength=len(colours))[1:]
         if not votes.any():
             continue  # no content object under this stroke: left as drawn
         target = colours[1 + int(np.argmax(votes))]
-        d = np.linalg.norm(offset[where], axis=-1)
-        full = offset[where][np.argmin(np.abs(d - np.quantile(d, FULL_INK_QUANTILE)))]
-        coverage = np.clip(offset[where] @ full / max(float(full @ full), 1.0), 0.0, 1.0)
-        result[where] = paper + coverage[:, None] * (target - paper)
+        ink_offset = offset[box][where]
+        d = np.linalg.norm(ink_offset, axis=-1)
+        full = ink_offset[np.argmin(np.abs(d - np.quantile(d, FULL_INK_QUANTILE)))]
+        coverage = np.clip(ink_offset @ full / max(float(full @ full), 1.0), 0.0, 1.0)
+        result[box][where] = paper + coverage[:, None] * (target - paper)
     return PIL.Image.fromarray(np.clip(np.round(result), 0, 255).astype(np.uint8))
