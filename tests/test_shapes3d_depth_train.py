@@ -84,3 +84,33 @@ def test_text_depth_eval_runs_on_an_exported_model(run, tmp_path):
     assert 0.0 <= result["depth_adherence"] <= 1.0
     with pytest.raises(ValueError, match="controlnet-depth"):
         bench.main(["--model", str(tmp_path)])
+
+
+def test_init_from_the_2d_world_keeps_shared_words(tmp_path):
+    """--init-pipeline assets/shapes-sd: the UNet starts as shapes-sd's; a caption of shared words
+    encodes exactly as there; the 3D shape words get fresh rows; a resumed run ignores the init."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from worlds.shapes.train import load_init_weights
+    from worlds.shapes3d.models import build_t2i_unet, build_text_encoder3d, build_tokenizer3d
+
+    shapes_sd = SHIPPED_VAE.parent
+    unet, tok = build_t2i_unet(), build_tokenizer3d()
+    te = build_text_encoder3d(tok).eval()
+    with pytest.raises(ValueError, match="knows tokens"):
+        load_init_weights(shapes_sd, build_t2i_unet(), build_text_encoder3d(tok), tok)
+    assert load_init_weights(shapes_sd, unet, te, tok, drop_unknown=True) == ["cone", "cube", "cylinder",
+                                                                              "sphere"]
+    old_tok = CLIPTokenizer.from_pretrained(shapes_sd / "tokenizer")
+    old = CLIPTextModel.from_pretrained(shapes_sd / "text_encoder").eval()
+    kw = {"padding": "max_length", "max_length": 16, "return_tensors": "pt"}
+    with torch.no_grad():
+        torch.testing.assert_close(te(tok("a red and a blue", **kw).input_ids)[0],
+                                   old(old_tok("a red and a blue", **kw).input_ids)[0], atol=1e-5, rtol=1e-5)
+    out = tmp_path / "run"
+    main(["--out", str(out), "--steps", "1", "--controlnet-steps", "1", "--init-pipeline", str(shapes_sd),
+          *TINY])
+    assert any(r.get("init") == str(shapes_sd) for r in _log(out))
+    main(["--out", str(out), "--steps", "2", "--controlnet-steps", "1", "--init-pipeline", str(shapes_sd),
+          *TINY])
+    assert sum("init" in r for r in _log(out)) == 1

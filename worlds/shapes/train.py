@@ -299,13 +299,16 @@ def copy_init_vae(folder: Path, out: Path) -> None:
 
 
 def load_init_weights(
-    folder: Path, unet: torch.nn.Module, te: torch.nn.Module, tok: CLIPTokenizer
+    folder: Path, unet: torch.nn.Module, te: torch.nn.Module, tok: CLIPTokenizer, *,
+    drop_unknown: bool = False,
 ) -> list[str]:
     """Strictly load ``folder``'s unet/ and text_encoder/ weights into freshly built models.
 
     ``tok`` may extend the folder's vocabulary (the style words): token-embedding rows are matched
     by token, so every old token keeps its row, even where BOS / EOS moved to new ids; the new
-    tokens keep their fresh initialisation. Returns the new whole words (tokens ending in ``</w>``).
+    tokens keep their fresh initialisation. ``drop_unknown`` lets a run for another world (the 3D
+    shapes) leave out the folder's words it does not use. Returns the new whole words (tokens
+    ending in ``</w>``).
     """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -317,7 +320,7 @@ def load_init_weights(
         load_weights(te, CLIPTextModel, folder / "text_encoder")
         return []
     lost = [t for t in old_vocab if t not in new_vocab]
-    if lost:
+    if lost and not drop_unknown:
         raise ValueError(f"--init-pipeline {folder} knows tokens this run's vocabulary lacks ({lost[:5]}); "
                          "a fine-tune may add words, not remove them")
     state = CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict()

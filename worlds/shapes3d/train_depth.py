@@ -12,7 +12,8 @@ Phases, each resumable from ``--out``:
    shapes-sd VAE is fine-tuned on renders as in ``train_zero123``;
 2. ``cache``: ``--scenes`` scenes x 6 views (``data.TRAIN_SPEC``): posterior mean/std, caption
    token ids ("a red cube and a blue sphere"), inverse-depth control maps (``models.depth_control``);
-3. ``unet``: UNet + text encoder (shapes-sd layout, 3D vocabulary), epsilon loss with min-SNR-5
+3. ``unet``: UNet + text encoder (shapes-sd layout, 3D vocabulary; ``--init-pipeline assets/shapes-sd``
+   starts from the 2D world's weights, shared words keeping their embeddings), epsilon loss with min-SNR-5
    weights, 10 % empty captions, AdamW, EMA 0.999 -> ``unet_ckpt.pt``;
 4. ``controlnet``: a ``ControlNetModel`` initialised from the UNet's EMA weights, trained on depth
    with the UNet and text encoder frozen -> ``controlnet_ckpt.pt``.
@@ -37,6 +38,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from worlds.finetune import Deadline, atomic_save, log, training_device
 from worlds.shapes.tokenizer import save_vocab_files
+from worlds.shapes.train import load_init_weights
 
 from .data import TRAIN_SPEC, render_scenes, to_model_range
 from .models import (
@@ -160,8 +162,12 @@ def _ema_into(modules: list[torch.nn.Module], ema: list[torch.Tensor]) -> None:
 def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
                ) -> None:
     torch.manual_seed(args.seed)
-    unet = build_t2i_unet().to(device).train()
-    te = build_text_encoder3d(build_tokenizer3d()).to(device).train()
+    unet, tok = build_t2i_unet(), build_tokenizer3d()
+    te = build_text_encoder3d(tok)
+    if args.init_pipeline is not None and not (out / "unet_ckpt.pt").exists():
+        new_words = load_init_weights(args.init_pipeline, unet, te, tok, drop_unknown=True)
+        log(out, {"phase": "unet", "init": str(args.init_pipeline), "new_words": new_words})
+    unet, te = unet.to(device).train(), te.to(device).train()
     _loop(args, out, device, data, "unet", {"unet": unet, "text_encoder": te}, ["unet", "text_encoder"],
           args.steps, args.time_limit, lambda x, t, ids, _c: unet(x, t, te(ids)[0]).sample)
 
@@ -224,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--eval-scenes", type=int, default=16)
     p.add_argument("--scenes", type=int, default=4000)
+    p.add_argument("--init-pipeline", type=Path, default=None, metavar="DIR",
+                   help="start the text-to-image model from this SD folder's UNet and text encoder "
+                        "(e.g. assets/shapes-sd: shared words keep their embeddings)")
     p.add_argument("--steps", type=int, default=None, help="text-to-image steps (target); default 20000")
     p.add_argument("--controlnet-steps", type=int, default=None,
                    help="ControlNet steps (target); default 10000")
