@@ -36,6 +36,9 @@ def test_cache_and_both_phases(run):
     assert data["ids"].shape[0] == 12 and float(data["control"].max()) == 1.0
     done = {r["phase"]: r for r in _log(run) if r.get("done")}
     assert done["unet"]["steps"] == 2 and done["controlnet"]["steps"] == 2
+    starts = [r for r in _log(run) if "start" in r]  # each invocation's recipe, for the model card
+    assert [r["phase"] for r in starts] == ["unet", "controlnet"]
+    assert starts[0]["start"]["batch"] == 2 and starts[0]["start"]["init_pipeline"] is None
 
 
 def test_controlnet_phase_resumes(run, tmp_path):

@@ -106,6 +106,11 @@ def _loop(args: argparse.Namespace, out: Path, device: torch.device, data: dict[
         step = state["step"]
         gen.set_state(state["gen"].cpu())
         log(out, {"phase": phase, "resumed_at": step})
+    log(out, {"phase": phase, "start": {  # the recipe of this invocation, for the model card
+        "step": step, "target_steps": steps, "time_limit": limit, "batch": args.batch, "lr": args.lr,
+        "warmup": args.warmup, "decay_tail": args.decay_tail, "ema": args.ema, "empty_prob": args.empty_prob,
+        "init_pipeline": None if args.init_pipeline is None else str(args.init_pipeline),
+        "device": str(device), "threads": args.threads}})
     sched = train_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     n, sf = data["mean"].shape[0], float(data["scaling_factor"])
