@@ -87,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 groups.setdefault(group, []).append(score_view(rgb, truth, colours))
     everything = summarise([r for recs in groups.values() for r in recs])
     return {"model": str(args.model), "scenes_file": str(args.scenes), "scenes": len(scenes),
-            "steps": args.steps, "cfg": args.cfg,
+            "steps": args.steps, "cfg": args.cfg, "seeds": args.seeds,
             **{k: everything[k] for k in ("mask_iou", "colour_accuracy", "depth_adherence")},
             "seconds_per_image": round(seconds / max(n, 1), 4), "images": n,
             "groups": {g: summarise(r) for g, r in groups.items()}, "device": args.device,

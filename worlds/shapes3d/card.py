@@ -166,6 +166,18 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.2f} M"
 
 
+def vae_cell(v: Any) -> str:
+    """The AutoencoderKL config cell (shared with the text + depth card, whose VAE is the same kind)."""
+    return (f"channels {tuple(v.block_out_channels)}, {v.latent_channels} latent channels, "
+            f"x{2 ** (len(v.block_out_channels) - 1)} down, scaling_factor {v.scaling_factor:.5g}")
+
+
+def scheduler_row(s: Any, name: str = "DDIMScheduler") -> str:
+    """The scheduler's table row, from its config."""
+    return (f"| {name} | {s.beta_schedule} {s.beta_start}-{s.beta_end}, {s.num_train_timesteps} "
+            f"train steps, {s.prediction_type}, steps_offset {s.steps_offset} | |")
+
+
 def architecture(folder: Path) -> tuple[list[str], int, dict[str, Any]]:
     """Table rows (component, config, params) from the folder's own components, the total, the parts."""
     parts = load_parts(folder)
@@ -185,13 +197,10 @@ def architecture(folder: Path) -> tuple[list[str], int, dict[str, Any]]:
         ("CCProjection (`cc_projection`)", f"Linear {c.in_channel} -> {c.out_channel}: [image embedding, "
          "d polar, sin d azimuth, cos d azimuth, d radius] -> the one cross-attention token",
          count_parameters(parts.cc_projection)),
-        ("AutoencoderKL", f"channels {tuple(v.block_out_channels)}, {v.latent_channels} latent channels, "
-         f"x{2 ** (len(v.block_out_channels) - 1)} down, scaling_factor {v.scaling_factor:.5g}",
-         count_parameters(parts.vae)),
+        ("AutoencoderKL", vae_cell(v), count_parameters(parts.vae)),
     ]
     lines = [f"| {name} | {cfg} | {_params(n)} |" for name, cfg, n in rows]
-    lines.append(f"| DDIMScheduler | {s.beta_schedule} {s.beta_start}-{s.beta_end}, {s.num_train_timesteps} "
-                 f"train steps, {s.prediction_type}, steps_offset {s.steps_offset} | |")
+    lines.append(scheduler_row(s))
     return lines, sum(n for _, _, n in rows), {"input_latent": parts.input_latent}
 
 

@@ -1,0 +1,167 @@
+"""The text + depth model card is written from its files: architecture and parameter counts from the
+exported folder, recipe and compute from the trainer's own train.log, figures and the issue-15/17 verdicts
+from the eval JSON; bad inputs are one clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from tests.test_shapes3d_depth_train import TINY
+from worlds.shapes3d import depth_card
+from worlds.shapes3d.models import count_parameters
+from worlds.shapes3d.train_depth import main as train
+
+GROUP = {"images": 12, "objects": 18, "mask_iou": 0.61, "psnr": 21.5}
+EVAL = {"model": "m", "scenes_file": "cases.json", "scenes": 8, "steps": 20, "cfg": 4.0, "mask_iou": 0.6,
+        "colour_accuracy": 0.93, "depth_adherence": 0.85, "seconds_per_image": 0.125, "images": 24,
+        "device": "cpu", "groups": {"one": {**GROUP, "colour_accuracy": 0.95, "depth_adherence": 0.9},
+                                    "two": {**GROUP, "colour_accuracy": 0.875, "depth_adherence": 0.8}}}
+METHOD = {"consistency_raw": 9.0, "seconds": 30.0}
+QNERF = {"scenes": 8, "views": 8, "steps": 20, "model": "m",
+         "methods": {"per_view": {**METHOD, "consistency_error": 10.0, "gt_psnr": 18.0, "edit_success": 0.5},
+                     "qnerf": {**METHOD, "consistency_error": 6.5, "gt_psnr": 18.25, "edit_success": 0.5}}}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny run of the real trainer, exported: the model folder and the run's train.log."""
+    root = tmp_path_factory.mktemp("depth_card")
+    out, dest = root / "run", root / "shapes3d-sd"
+    train(["--out", str(out), "--steps", "2", "--controlnet-steps", "2", *TINY])
+    train(["--out", str(out), "--export", str(dest)])
+    with open(out / "train.log", "a") as f:
+        f.write('{"phase": "contr')  # a torn last line, as a live run leaves it
+    return dest, out / "train.log"
+
+
+def _log(path: Path) -> list[dict]:
+    return depth_card.read_log(path)
+
+
+def _write(path: Path, obj: object) -> Path:
+    path.write_text("a progress line\n" + json.dumps(obj) + "\n")  # the eval's stdout: last line counts
+    return path
+
+
+def test_the_card_holds_the_numbers_of_its_files(exported, tmp_path):
+    model, log = exported
+    out = depth_card.main(["--model", str(model), "--run-log", str(log), "--eval",
+                           str(_write(tmp_path / "ev.txt", EVAL)), "--qnerf",
+                           str(_write(tmp_path / "q.txt", QNERF))])
+    assert out == model / "MODEL_CARD.md"
+    text = out.read_text()
+    parts = (UNet2DConditionModel.from_pretrained(model / "unet"), CLIPTextModel.from_pretrained(
+        model / "text_encoder"), AutoencoderKL.from_pretrained(model / "vae"),
+             ControlNetModel.from_pretrained(model / "controlnet-depth"))
+    for module in parts:
+        assert f"| {count_parameters(module) / 1e6:.2f} M |" in text
+    total = sum(count_parameters(m) for m in parts)
+    assert f"{total / 1e6:.2f} M parameters)" in text
+    records = _log(log)
+    seconds = {p: sum(r["s_per_step"] for r in records if r.get("phase") == p and "s_per_step" in r)
+               for p in ("unet", "controlnet")}  # --log-every 1: one step per progress line
+    losses = {p: [r["loss"] for r in records if r.get("phase") == p and "loss" in r]
+              for p in ("unet", "controlnet")}
+    for phase in ("unet", "controlnet"):
+        assert (f"(`{phase}`): 2 steps (reached the step target; target 2, no time limit), shipped at step 2 "
+                "(`training.json`); batch 2, lr 0.0004 (2-step warm-up)") in text
+        assert (f"logged loss {losses[phase][0]:.5f} -> {losses[phase][-1]:.5f}; "
+                f"{seconds[phase]:.1f} s of training, 0 resume(s)") in text
+    for fact in ("StableDiffusionControlNetPipeline.from_pretrained(folder, controlnet=controlnet",
+                 'ControlNetModel.from_pretrained(folder / "controlnet-depth", local_files_only=True)',
+                 "height=64, width=64, num_inference_steps=20, guidance_scale=4.0",
+                 "init: random initialisation", "init: the text-to-image UNet's EMA weights",
+                 "min-SNR-5", "Machine: cpu, 1 intra-op thread(s).", "Cache: 2 scenes x 6 views = 12 images",
+                 "no `vae` phase in this log", "14 words (one token each)", "`model_max_length` 16",
+                 "| one | 12 | 18 | 0.610 | 0.950 | 0.900 | 21.500 |",
+                 "| **all** | 24 | | 0.600 | 0.930 | 0.850 | |", "Seconds per image: 0.125.",
+                 "- colour accuracy >= 0.9 (one-object group): **met** (0.950 over 12 images)",
+                 "- colour accuracy >= 0.9 (two-object group): **not met** (0.875 over 12 images)",
+                 "- depth adherence >= 0.8 (one-object group): **met** (0.900",
+                 "- depth adherence >= 0.8 (two-object group): **met** (0.800",
+                 "| qnerf | 6.500 | 9.000 | 18.250 | 0.500 | 30.000 |",
+                 "- consistency error >= 30% below per-view: **met** (6.500 vs 10.000: 35 % lower)",
+                 "- edit success not lower than per-view: **met** (0.500 vs 0.500)",
+                 "- ground-truth PSNR not lower than per-view: **met** (18.250 vs 18.000)",
+                 "Closed vocabulary of 14 words", "`cube`", "trained on cpu for", "## Limitations"):
+        assert fact in text, fact
+
+
+def test_verdicts_follow_the_numbers_and_missing_figures_say_so(exported):
+    model, log = exported
+    groups = {"one": {**EVAL["groups"]["one"], "depth_adherence": 0.7}}  # no two-object group
+    worse_q = {"methods": {"per_view": QNERF["methods"]["per_view"],
+                           "qnerf": {"consistency_error": 8.0, "gt_psnr": 17.5, "edit_success": 0.75}}}
+    text = depth_card.build_card(model, log, {**EVAL, "groups": groups}, worse_q)
+    assert "- depth adherence >= 0.8 (one-object group): **not met** (0.700 over 12 images)" in text
+    assert "- colour accuracy >= 0.9 (two-object group): not measured (no `two` group in the eval)" in text
+    assert "- consistency error >= 30% below per-view: **not met** (8.000 vs 10.000: 20 % lower)" in text
+    assert "- edit success not lower than per-view: **met** (0.750 vs 0.500)" in text
+    assert "- ground-truth PSNR not lower than per-view: **not met** (17.500 vs 18.000)" in text
+    bare = depth_card.build_card(model, None)
+    assert "`--eval`): text + depth not measured" in bare and "`--qnerf`): QNeRF not measured" in bare
+    assert "recipe and compute not recorded" in bare and "{'unet': 2, 'controlnet': 2}" in bare
+
+
+def test_bad_inputs_are_one_clear_error(exported, tmp_path, capsys):
+    model, log = exported
+
+    def error(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exc:
+            depth_card.main(argv)
+        assert exc.value.code == 2
+        return capsys.readouterr().err
+
+    assert "no model_index.json" in error(["--model", str(tmp_path), "--run-log", str(log)])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model_index.json").write_text("{}")
+    assert "no controlnet-depth/config.json" in error(["--model", str(bare), "--run-log", str(log)])
+    wrong = _write(tmp_path / "wrong.json", {"mask_iou": 0.5})
+    msg = error(["--model", str(model), "--run-log", str(log), "--eval", str(wrong)])
+    assert str(wrong) in msg and "colour_accuracy" in msg and "shapes3d_eval.py" in msg
+    msg = error(["--model", str(model), "--run-log", str(log), "--qnerf", str(wrong)])
+    assert str(wrong) in msg and "per_view" in msg and "qnerf_eval.py" in msg
+    notjson = tmp_path / "bad.txt"
+    notjson.write_text("not json\n")
+    assert "not JSON" in error(["--model", str(model), "--run-log", str(log), "--eval", str(notjson)])
+    assert "no such file" in error(["--model", str(model), "--run-log", str(tmp_path / "none.log")])
+    with pytest.raises(ValueError, match="controlnet-depth"):
+        depth_card.build_card(bare, None)
+
+
+def test_the_log_adds_up_across_resumes_and_recipe_changes():
+    """Seconds = s/step x the steps since the previous line (or the step an invocation started at); a
+    second invocation's changed lr shows as "then"; an init line and a VAE phase are reported."""
+    start = {"step": 0, "target_steps": 100, "time_limit": None, "batch": 16, "lr": 0.0004, "warmup": 10,
+             "decay_tail": 0.3, "ema": 0.999, "empty_prob": 0.1, "init_pipeline": "assets/shapes-sd",
+             "device": "cpu", "threads": 1}
+    records = [{"phase": "vae", "step": 0, "psnr_db": 18.2},
+               {"phase": "vae", "done": True, "steps": 40, "psnr_db": 30.1, "scaling_factor": 0.5},
+               {"phase": "unet", "init": "assets/shapes-sd", "new_words": ["cone", "cube"]},
+               {"phase": "unet", "start": start},
+               {"phase": "unet", "step": 25, "loss": 0.2, "s_per_step": 1.0},
+               {"phase": "unet", "step": 50, "loss": 0.1, "s_per_step": 2.0},
+               {"phase": "unet", "resumed_at": 40},
+               {"phase": "unet", "start": {**start, "step": 40, "lr": 0.0002, "time_limit": 600.0}},
+               {"phase": "unet", "step": 50, "loss": 0.09, "s_per_step": 3.0},
+               {"phase": "unet", "step": 75, "loss": 0.08, "s_per_step": 4.0}]
+    lg = depth_card.phase_log(records, "unet")
+    assert lg["seconds"] == 25 * 1.0 + 25 * 2.0 + 10 * 3.0 + 25 * 4.0
+    assert lg["steps"] == 75 and not lg["done"] and lg["resumes"] == 1
+    assert (lg["first_loss"], lg["last_loss"]) == (0.2, 0.08)
+    logs = {"unet": lg, "controlnet": depth_card.phase_log(records, "controlnet")}
+    text = "\n".join(depth_card.recipe(logs, {"unet": 75}))
+    assert "75 steps (no `done` line after the last start: still running or interrupted" in text
+    assert "time limit none then 600.0 s" in text and "lr 0.0004 then 0.0002" in text
+    assert "decayed over the last 30% of the time limit" in text
+    assert "init: `assets/shapes-sd` (shared words keep their embeddings; new words cone, cube)" in text
+    assert "`controlnet`): not in this log" in text
+    vae = "\n".join(depth_card.compute(records, logs))
+    assert "VAE: fine-tuned in this run, 40 steps; held-out PSNR 18.20 -> 30.10 dB" in vae
+    assert "`unet`: 75 steps, 3.4 min at a median 2.500 s/step" in vae
