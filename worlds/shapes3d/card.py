@@ -111,6 +111,15 @@ def _log_every(records: list[dict[str, Any]]) -> int:
 
 
 # -- the bars --------------------------------------------------------------------------------------
+def repo_path(path: Any) -> Any:
+    """A path under the repository as the repository-relative path a reader can use; others as given."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except (TypeError, ValueError):
+        return path
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
@@ -209,7 +218,8 @@ def figures(nv: dict[str, Any] | None, z2h: dict[str, Any] | None) -> list[str]:
     if nv is None:
         out += ["No `benchmarks/novel_view_eval.py` result was given (`--novel-view`): not measured.", ""]
     else:
-        out += [f"`benchmarks/novel_view_eval.py` on `{nv.get('scenes_file')}` ({nv.get('scenes')} scenes, "
+        out += [f"`benchmarks/novel_view_eval.py` on `{repo_path(nv.get('scenes_file'))}` "
+                f"({nv.get('scenes')} scenes, "
                 f"{nv.get('seeds')} seed(s), {nv.get('steps')} DDIM steps, CFG {nv.get('cfg')}, "
                 f"{nv.get('device')}): each target view generated from the source render and scored "
                 "against its render; model / copy-the-input per group.", "",
@@ -311,7 +321,7 @@ def build_card(model: Path, run_log: Path | None, nv: dict[str, Any] | None = No
         f"- Input latent: `{arg('input_latent')}` (source posterior mean, "
         f"{'x scaling_factor' if args.get('input_latent') == 'scaled' else 'unscaled as in Zero-1-to-3'}).",
         f"- VAE fine-tune first: {arg('vae_steps')} steps, {arg('vae_batch')} images per step, AdamW "
-        f"{arg('vae_lr')}, L1 + MSE + 1e-7 KL, from `{arg('init_vae')}`.",
+        f"{arg('vae_lr')}, L1 + MSE + 1e-7 KL, from `{repo_path(arg('init_vae'))}`.",
         f"- Time limit: {arg('time_limit')} s; seed {arg('seed')}.", "",
         "## Compute",
     ]

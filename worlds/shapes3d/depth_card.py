@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from worlds.shapes.tokenizer import load_words
 
-from .card import Bar, _fmt, _params, last_json_line, read_log, scheduler_row, vae_cell
+from .card import Bar, _fmt, _params, last_json_line, read_log, repo_path, scheduler_row, vae_cell
 from .card import compute as vae_compute
 from .data import TRAIN_SPEC
 from .models import count_parameters
@@ -284,7 +284,8 @@ def figures(ev: dict[str, Any] | None, q: dict[str, Any] | None) -> list[str]:
         out += ["No `benchmarks/shapes3d_eval.py` result was given (`--eval`): text + depth not measured.",
                 ""]
     else:
-        out += [f"`benchmarks/shapes3d_eval.py` on `{ev.get('scenes_file')}` ({ev.get('scenes')} scenes, "
+        out += [f"`benchmarks/shapes3d_eval.py` on `{repo_path(ev.get('scenes_file'))}` "
+                f"({ev.get('scenes')} scenes, "
                 f"{ev.get('images')} images, {ev.get('steps')} DDIM steps, CFG {ev.get('cfg')}, "
                 f"{ev.get('device')}; model `{ev.get('model')}`): caption and depth in, each image scored "
                 "against its render.", "",
