@@ -89,9 +89,9 @@ run zero123_vae $PY "${Z[@]}" --phase vae --vae-steps "$VAE3D_STEPS" --eval-scen
 ) &
 BPID=$!
 
-# ---- C. text+depth: cache, text-to-image UNet, then the depth ControlNet
+# ---- C. text+depth: cache, text-to-image UNet (from shapes-sd, as the CPU run), then the depth ControlNet
 D=(-m worlds.shapes3d.train_depth --device "$DEVICE" --out "$W/depth" --vae "$W/zero123/vae" --threads "$THREADS"
-   --save-every 60 --scenes "$SCENES3D" --batch "$BATCH3D")
+   --save-every 60 --scenes "$SCENES3D" --batch "$BATCH3D" --init-pipeline assets/shapes-sd)
 (
   run depth_cache $PY "${D[@]}" --phase cache || exit 1
   T1=$(( $(left) * T2I_SHARE / 100 )); [ "$T1" -lt "$MIN_S" ] && T1=$MIN_S
