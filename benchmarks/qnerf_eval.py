@@ -160,6 +160,22 @@ def score(images: list[torch.Tensor], truth: list[RenderOutput], colours: list[s
 
 
 # -- one scene --------------------------------------------------------------------------------------
+def edit_depths(src: list[RenderOutput], gt: list[RenderOutput], control: str,
+                field_depth: str) -> tuple[list[RenderOutput], list[RenderOutput] | None]:
+    """(the renders whose depth drives the edit's ControlNet, those whose depth supervises the field).
+
+    ``control="edited"`` hands the edit the edited scene's geometry (an oracle 3D control: a shape
+    edit then only has to fill it in); ``"source"`` gives it the source views' depth, all a user
+    without the new geometry has, so a shape edit must change the shape against its control.
+    ``field_depth="control"`` follows ``control``; ``"none"`` fits the field without depth."""
+    depth_of = {"edited": gt, "source": src}
+    if control not in depth_of or field_depth not in (*depth_of, "control", "none"):
+        raise ValueError(f"control={control!r}, field_depth={field_depth!r}; use 'edited' or 'source' "
+                         "(field depth also 'control' or 'none')")
+    field = control if field_depth == "control" else field_depth
+    return depth_of[control], None if field == "none" else depth_of[field]
+
+
 def run_scene(pipe: MultiViewEditPipeline, scene: Scene, edit: dict[str, str], where: str,
               args: argparse.Namespace) -> dict[str, Any]:
     target, index = edited_scene(scene, edit, where)
@@ -168,19 +184,24 @@ def run_scene(pipe: MultiViewEditPipeline, scene: Scene, edit: dict[str, str], w
     gt = [render(target.objects, v, size=args.size) for v in views]
     cameras = to_cameras([r.camera for r in gt])
     box = ((-args.bound,) * 3, (args.bound,) * 3)
-    kw = dict(controls=torch.stack([depth_control(r.depth) for r in gt]) if pipe.controlnet else None,
+    control, field = edit_depths(src, gt, args.control, args.field_depth)
+    kw = dict(controls=torch.stack([depth_control(r.depth) for r in control]) if pipe.controlnet else None,
               source_controls=torch.stack([depth_control(r.depth) for r in src]) if pipe.controlnet else None,
-              depths=torch.stack([r.depth for r in gt]).float() if args.field_depth == "edited" else None,
-              bounds=box,
+              depths=None if field is None else torch.stack([r.depth for r in field]).float(),
+              bounds=box, conditioning_scale=args.conditioning_scale,
               num_inference_steps=args.steps, guidance_scale=args.guidance, view_batch=args.view_batch,
               output_type="pt")
     images = torch.stack([to_model(r.rgb) for r in src])
     floor = consistency([r.rgb for r in gt], gt)
     colours = [o.colour for o in target.objects]
-    out: dict[str, Any] = {"id": scene.extra.get("id", where), "edit": edit, "floor": floor,
+    out: dict[str, Any] = {"id": scene.extra.get("id", where), "group": scene.extra.get("group"),
+                           "edit": edit, "floor": floor,
                            "rows": {"source": [r.rgb for r in src], "truth": [r.rgb for r in gt]}}
-    base = QNeRFConfig(alpha=args.alpha, tau=args.tau, fit_iters=args.fit_iters, kv_start_step=args.kv_start)
-    for method, config in (("per_view", replace(base, alpha=0.0)), ("qnerf", base)):
+    base = QNeRFConfig(alpha=args.alpha, tau=args.tau, fit_iters=args.fit_iters, kv_start_step=args.kv_start,
+                       guidance_steps=args.guidance_steps, until_step=args.until_step)
+    configs = {"per_view": replace(base, alpha=0.0), "qnerf": base}
+    for method in args.methods:
+        config = configs[method]
         start = time.perf_counter()
         result = pipe(images, cameras, scene_caption(scene.objects), scene_caption(target.objects),
                       qnerf=config, generator=torch.Generator().manual_seed(args.seed), **kw)
@@ -202,10 +223,12 @@ def save_grid(rows: dict[str, list[torch.Tensor]], path: Path) -> None:
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     methods: dict[str, dict[str, float | None]] = {}
-    for method in ("per_view", "qnerf"):
+    for method in [m for m in ("per_view", "qnerf") if records and m in records[0]]:
         keys = ("consistency_error", "consistency_raw", "gt_psnr", "edit_success", "seconds")
         vals = {k: [r[method][k] for r in records if r[method][k] is not None] for k in keys}
         methods[method] = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in vals.items()}
+    if len(methods) < 2:
+        return methods
     per, ours = methods["per_view"]["consistency_error"], methods["qnerf"]["consistency_error"]
     if per is not None and ours is not None and per > 0:
         methods["qnerf"]["consistency_reduction"] = round(1 - ours / per, 4)
@@ -255,23 +278,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=None, help="render size (default: the model's image size)")
     p.add_argument("--alpha", type=float, default=QNeRFConfig.alpha)
     p.add_argument("--tau", type=int, default=QNeRFConfig.tau)
+    p.add_argument("--guidance-steps", type=int, default=QNeRFConfig.guidance_steps,
+                   help="gradient moves of alpha per guided step (the paper: 1)")
+    p.add_argument("--until-step", type=int, default=None, help="no consolidation from this step on")
     p.add_argument("--fit-iters", type=int, default=QNeRFConfig.fit_iters)
     p.add_argument("--kv-start", type=int, default=QNeRFConfig.kv_start_step)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--view-batch", type=int, default=4)
     p.add_argument("--bound", type=float, default=1.0, help="the query field covers [-bound, bound]^3")
-    p.add_argument("--field-depth", choices=["edited", "none"], default="edited",
-                   help="z-depth supervising the field: the edited scene's (the shared 3D control) or none")
+    p.add_argument("--control", choices=["edited", "source"], default="edited",
+                   help="depth driving the edit's ControlNet: the edited scene's (a 3D control of the edit) "
+                        "or the source views' (all a user without the new geometry has)")
+    p.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    p.add_argument("--field-depth", choices=["control", "edited", "source", "none"], default="control",
+                   help="z-depth supervising the field (default: the same depth as --control)")
+    p.add_argument("--methods", nargs="+", choices=["per_view", "qnerf"], default=["per_view", "qnerf"])
+    p.add_argument("--first-scene", type=int, default=0, help="skip the scenes before this index")
     p.add_argument("--grid", type=Path, default=None, metavar="PNG",
                    help="save the first scene's views: source / per_view / qnerf / ground truth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cases", type=Path, default=None, metavar="FILE",
                    help="write the default scene file to FILE and stop")
+    p.add_argument("--case-seed", type=int, default=CASE_SEED,
+                   help="seed of --write-cases (another seed: a tuning set apart from the reported one)")
     args = p.parse_args(argv)
     if args.quick:
         args.max_scenes, args.views = args.max_scenes or 2, args.views or 4
         args.steps, args.fit_iters = min(args.steps, 6), min(args.fit_iters, 30)
-    for name in ("steps", "tau", "view_batch"):
+    for name in ("steps", "tau", "view_batch", "guidance_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.views is not None and args.views < 2:
@@ -282,8 +316,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.write_cases is not None:
-        args.write_cases.write_text(dumps(case_scenes()))
-        result: dict[str, Any] = {"file": str(args.write_cases), "scenes": len(case_scenes())}
+        cases = case_scenes(seed=args.case_seed)
+        args.write_cases.write_text(dumps(cases))
+        result: dict[str, Any] = {"file": str(args.write_cases), "scenes": len(cases), "seed": args.case_seed}
         print(json.dumps(result))
         return result
     if not (args.model / "unet" / "config.json").is_file():
@@ -294,19 +329,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     if args.size is None:
         args.size = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
-    scenes = load_scenes(args.scenes)[: args.max_scenes]
+    scenes = load_scenes(args.scenes)[args.first_scene:][: args.max_scenes]
     records = []
     for i, scene in enumerate(scenes):
         edit = args.edit or scene.extra.get("edit")
         if not isinstance(edit, dict) or not {"from", "to"} <= set(edit):
             raise ValueError(f"scenes[{i}] has no 'edit': {{'from': ..., 'to': ...}}; add one or pass --edit")
-        rec = run_scene(pipe, scene, edit, f"scenes[{i}]", args)
+        rec = run_scene(pipe, scene, edit, f"scenes[{i + args.first_scene}]", args)
         if args.grid is not None and not records:
             save_grid(rec["rows"], args.grid)
         records.append(rec)
-        print(json.dumps({k: rec[k] for k in ("id", "floor", "per_view", "qnerf")}))
-    result = {"methods": summarise(records), "scenes": len(records), "views": args.views or VIEWS,
-              "steps": args.steps, "model": str(args.model), "torch": torch.__version__}
+        print(json.dumps({k: rec[k] for k in ("id", "group", "floor", *args.methods)}))
+    groups = sorted({str(r.get("group")) for r in records})
+    result = {"methods": summarise(records),
+              "groups": {g: summarise([r for r in records if str(r.get("group")) == g]) for g in groups},
+              "scenes": len(records), "views": args.views or VIEWS,
+              "steps": args.steps, "control": args.control, "conditioning_scale": args.conditioning_scale,
+              "alpha": args.alpha, "guidance_steps": args.guidance_steps, "until_step": args.until_step,
+              "tau": args.tau, "fit_iters": args.fit_iters,
+              "model": str(args.model), "torch": torch.__version__}
     print(json.dumps(result))
     return result
 

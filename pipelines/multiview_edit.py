@@ -341,7 +341,7 @@ class _Run:
             zb = z[views]
             if event.kind == "guided":
                 loss_of = functools.partial(self.query_loss, views=views, i=i, t=t)
-                zb, loss = guidance_step(zb, self.config.alpha, loss_of)
+                zb, loss = guidance_step(zb, self.config.alpha, loss_of, self.config.guidance_steps)
                 self.stats["guidance_loss"].append({"step": i, "views": views, "loss": loss})
             self.ctrl.mode = "extract" if event.kind == "extract" else "denoise"
             out[views] = self.denoise(zb, views, i, t)

@@ -66,6 +66,28 @@ def test_consistency_floor_on_true_renders_is_small_and_inconsistent_views_score
     assert n > 50 and s / n < 10  # co-visible pixels exist between neighbouring views
 
 
+def test_edit_depths_hand_the_edit_the_chosen_geometry():
+    scene = load_scenes(CASES)[4]  # a shape edit: the edited scene's depth differs from the source's
+    edited, _ = qnerf_eval.edited_scene(scene, scene.extra["edit"], "scenes[4]")
+    src = [render(scene.objects, v, size=32) for v in scene.views[:2]]
+    gt = [render(edited.objects, v, size=32) for v in scene.views[:2]]
+    assert not torch.equal(src[0].depth.nan_to_num(), gt[0].depth.nan_to_num())
+    assert qnerf_eval.edit_depths(src, gt, "edited", "control") == (gt, gt)
+    assert qnerf_eval.edit_depths(src, gt, "source", "control") == (src, src)
+    assert qnerf_eval.edit_depths(src, gt, "source", "none") == (src, None)
+    assert qnerf_eval.edit_depths(src, gt, "source", "edited") == (src, gt)
+    with pytest.raises(ValueError, match="control='target'"):
+        qnerf_eval.edit_depths(src, gt, "target", "control")
+
+
+def test_tuning_cases_are_apart_from_the_reported_ones(tmp_path, capsys):
+    out = tmp_path / "tune.json"
+    assert qnerf_eval.main(["--write-cases", str(out), "--case-seed", "7301"])["seed"] == 7301
+    tune, reported = load_scenes(out), load_scenes(CASES)
+    assert len(tune) == len(reported)
+    assert {s.objects for s in tune}.isdisjoint({s.objects for s in reported})
+
+
 def test_missing_model_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no model there; train and export it first"):
         qnerf_eval.main(["--scenes", str(CASES), "--model", str(tmp_path / "none"), "--quick"])
@@ -80,6 +102,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, capsys):
     result = qnerf_eval.main(["--scenes", str(CASES), "--model", str(tmp_path / "model"), "--quick",
                               "--max-scenes", "1", "--views", "3", "--steps", "3", "--tau", "1",
                               "--fit-iters", "2", "--size", "16", "--edit", "red cone=>blue cone",
+                              "--guidance-steps", "2",
                               "--grid", str(tmp_path / "grid.png")])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(result))
@@ -88,5 +111,12 @@ def test_end_to_end_on_a_tiny_model(tmp_path, capsys):
         row = last["methods"][method]
         assert {"consistency_error", "consistency_raw", "gt_psnr", "edit_success", "seconds"} <= set(row)
         assert row["consistency_raw"] >= 0 and row["seconds"] > 0 and 0 < row["gt_psnr"] < 100
+    assert set(last["groups"]) == {"colour"} and last["groups"]["colour"] == last["methods"]
     grid = PIL.Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 16, 4 * 16)  # 3 views x (source, per_view, qnerf, truth)
+    # one method, from a later scene, with the source views' depth as the edit's control
+    one = qnerf_eval.main(["--scenes", str(CASES), "--model", str(tmp_path / "model"), "--quick",
+                           "--first-scene", "5", "--max-scenes", "1", "--views", "2", "--steps", "2",
+                           "--size", "16", "--methods", "per_view", "--control", "source"])
+    assert set(one["methods"]) == {"per_view"} and set(one["groups"]) == {"shape"}
+    assert one["control"] == "source" and last["guidance_steps"] == 2

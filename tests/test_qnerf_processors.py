@@ -68,6 +68,7 @@ def test_config_is_registered_and_round_trips():
 @pytest.mark.parametrize("bad, match", [
     (dict(tau=0), "tau=0"), (dict(alpha=float("nan")), "alpha=nan"), (dict(encoder="voxels"), "encoder="),
     (dict(query_factors=(0,)), "query_factors"), (dict(layers=Select(resolutions=(16,))), "resolutions"),
+    (dict(guidance_steps=0), "guidance_steps=0"), (dict(guidance_steps=2.0), "guidance_steps=2.0"),
 ])
 def test_bad_config_values_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -308,6 +309,24 @@ def test_one_guidance_step_lowers_the_query_distance(unet):
     assert reported == pytest.approx(before, rel=1e-6)
     assert after < before - 1e-4, (before, after)
     assert not torch.equal(stepped, zt)
+
+
+def test_repeated_guidance_moves_take_fresh_gradients():
+    """On a curved loss one big move overshoots; the same distance in small moves keeps lowering it."""
+    target = torch.tensor([1.0, -2.0])
+
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return ((z - target) ** 2).sum() + (z ** 4).sum()
+
+    z = torch.zeros(2)
+    calls = []
+    small, first = guidance_step(z, 0.1, lambda t: calls.append(1) or loss(t), steps=4)
+    assert len(calls) == 4 and first == pytest.approx(float(loss(z)))
+    big, _ = guidance_step(z, 0.4, loss)
+    assert float(loss(small)) < float(loss(guidance_step(z, 0.1, loss)[0])) < float(loss(z)) < float(loss(big))
+    assert float(loss(small)) < float(loss(big))
+    with pytest.raises(ValueError, match="steps=0"):
+        guidance_step(z, 0.05, loss, steps=0)
 
 
 def test_gradient_matches_finite_differences_on_a_patch():

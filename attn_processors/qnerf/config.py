@@ -40,6 +40,7 @@ class QNeRFConfig:
     kv_start_step: int = 4  # from this sampling step on (MasaCtrl: 4 of 50)
     # -- guidance (soft injection, §3.3) --------------------------------------------------------
     alpha: float = 20.0  # z <- z - alpha * grad of the query distance (paper value unknown; ours)
+    guidance_steps: int = 1  # gradient moves per guided step (paper: 1; more: smaller, surer moves; ours)
     tau: int = 2  # guided steps, then free steps, per interval (paper value unknown; ours)
     until_step: int | None = None  # no consolidation from this step on (None: to the end; ours)
     early_exit: bool = True  # a guidance forward stops after the last query layer (same gradient)
@@ -65,6 +66,10 @@ class QNeRFConfig:
                              "edit)")
         if isinstance(self.tau, bool) or not isinstance(self.tau, int) or self.tau < 1:
             raise ValueError(f"tau={self.tau!r}; give the guided (and free) steps per interval, an int >= 1")
+        if isinstance(self.guidance_steps, bool) or not isinstance(self.guidance_steps, int) \
+                or self.guidance_steps < 1:
+            raise ValueError(f"guidance_steps={self.guidance_steps!r}; give the gradient moves per guided "
+                             "step, an int >= 1 (the paper: 1)")
         if self.kv_start_step < 0:
             raise ValueError(f"kv_start_step={self.kv_start_step!r}; give a step index >= 0")
         if self.until_step is not None and self.until_step < 0:

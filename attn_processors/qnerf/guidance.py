@@ -4,6 +4,7 @@ Paper -> function:
 - distance between a view's current and rendered queries, summed over layers
   ``sum_l || q^v(l) - q^v_ren(l) ||_2``                                   -> :func:`query_distance`
 - the guidance step ``z_t^v <- z_t^v - alpha grad_z sum_l ||...||``        -> :func:`guidance_step`
+  (``steps`` repeats it; the paper takes one)
 
 Per-layer normalisation (ours; the paper gives the un-normalised sum): each layer's distance is
 divided by the norm of its rendered queries, so the 1280-, 640- and 320-channel layers weigh alike
@@ -44,16 +45,25 @@ def query_distance(live: Mapping[str, Tensor], rendered: Mapping[str, Tensor], e
     return torch.stack(terms).mean(0).sum()
 
 
-def guidance_step(z: Tensor, alpha: float, loss_of: Callable[[Tensor], Tensor]
+def guidance_step(z: Tensor, alpha: float, loss_of: Callable[[Tensor], Tensor], steps: int = 1
                   ) -> tuple[Tensor, float | None]:
-    """(z - alpha * d loss_of(z) / dz, the loss before the step); alpha = 0 returns z itself, untouched.
+    """(z after ``steps`` moves ``z <- z - alpha * d loss_of(z) / dz``, the loss before the first);
+    alpha = 0 returns z itself, untouched.
 
+    The paper takes one step; ``steps > 1`` (ours) repeats it with a fresh gradient each time, because
+    one large step overshoots on a curved loss while several small ones keep lowering it.
     ``loss_of`` runs the guidance forward on a leaf copy of ``z`` (grad enabled here).
     """
+    if steps < 1:
+        raise ValueError(f"steps={steps}; give the number of gradient moves per guided step, >= 1")
     if alpha == 0:
         return z, None
-    zg = z.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = loss_of(zg)
-        (grad,) = torch.autograd.grad(loss, zg)
-    return (z - alpha * grad.to(z.dtype)).detach(), float(loss.detach())
+    first: float | None = None
+    for _ in range(steps):
+        zg = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_of(zg)
+            (grad,) = torch.autograd.grad(loss, zg)
+        first = float(loss.detach()) if first is None else first
+        z = (z - alpha * grad.to(z.dtype)).detach()
+    return z, first
