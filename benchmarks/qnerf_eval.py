@@ -198,8 +198,9 @@ def run_scene(pipe: MultiViewEditPipeline, scene: Scene, edit: dict[str, str], w
                            "edit": edit, "floor": floor,
                            "rows": {"source": [r.rgb for r in src], "truth": [r.rgb for r in gt]}}
     base = QNeRFConfig(alpha=args.alpha, tau=args.tau, fit_iters=args.fit_iters, kv_start_step=args.kv_start,
-                       guidance_steps=args.guidance_steps, until_step=args.until_step)
-    configs = {"per_view": replace(base, alpha=0.0), "qnerf": base}
+                       guidance_steps=args.guidance_steps, until_step=args.until_step,
+                       hard_inject=args.hard_inject)
+    configs = {"per_view": replace(base, alpha=0.0, hard_inject=False), "qnerf": base}
     for method in args.methods:
         config = configs[method]
         start = time.perf_counter()
@@ -281,6 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance-steps", type=int, default=QNeRFConfig.guidance_steps,
                    help="gradient moves of alpha per guided step (the paper: 1)")
     p.add_argument("--until-step", type=int, default=None, help="no consolidation from this step on")
+    p.add_argument("--hard-inject", action="store_true",
+                   help="the paper's ablation: guided steps replace the target queries by the rendered ones")
     p.add_argument("--fit-iters", type=int, default=QNeRFConfig.fit_iters)
     p.add_argument("--kv-start", type=int, default=QNeRFConfig.kv_start_step)
     p.add_argument("--guidance", type=float, default=5.0)
@@ -346,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "scenes": len(records), "views": args.views or VIEWS,
               "steps": args.steps, "control": args.control, "conditioning_scale": args.conditioning_scale,
               "alpha": args.alpha, "guidance_steps": args.guidance_steps, "until_step": args.until_step,
+              "hard_inject": args.hard_inject,
               "tau": args.tau, "fit_iters": args.fit_iters,
               "model": str(args.model), "torch": torch.__version__}
     print(json.dumps(result))

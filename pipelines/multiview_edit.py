@@ -46,6 +46,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from attn_processors.core import Controller, apply
 from attn_processors.qnerf import (
+    INJECT_MODE,
     STORE,
     Event,
     GuidanceForwardDone,
@@ -307,7 +308,7 @@ class _Run:
         sched.set_timesteps(num_steps, device=self.z0.device)
         self.ctrl.begin_run(num_steps, tuple(self.z0.shape[-2:]))
         self.invert()
-        if self.config.alpha == 0:  # the per-view edit: kept steps only
+        if self.config.alpha == 0 and not self.config.hard_inject:  # the per-view edit: kept steps only
             events: list[Event] = [Event("plain", i) for i in range(num_steps)]
         else:
             events = list(interval_events(num_steps, self.config.tau, self.config.until_step))
@@ -339,11 +340,12 @@ class _Run:
         for views in self.batches():
             self.ctrl.begin_step(i, t)
             zb = z[views]
-            if event.kind == "guided":
+            if event.kind == "guided" and self.config.alpha > 0:
                 loss_of = functools.partial(self.query_loss, views=views, i=i, t=t)
                 zb, loss = guidance_step(zb, self.config.alpha, loss_of, self.config.guidance_steps)
                 self.stats["guidance_loss"].append({"step": i, "views": views, "loss": loss})
-            self.ctrl.mode = "extract" if event.kind == "extract" else "denoise"
+            inject = event.kind == "guided" and self.config.hard_inject
+            self.ctrl.mode = "extract" if event.kind == "extract" else INJECT_MODE if inject else "denoise"
             out[views] = self.denoise(zb, views, i, t)
         if event.kind == "extract":
             self.stats["query_mb"] = max(self.stats["query_mb"], self.store.nbytes() / 2**20)

@@ -130,6 +130,16 @@ def test_full_multiview_edit_runs_for_three_views(parts, with_controlnet):
     assert np.abs(out.images - per_view.images).max() > 2e-2  # consolidation changes the edit
 
 
+def test_hard_injection_runs_the_schedule_without_gradient_steps(parts):
+    pipe = make_pipe(parts, False)
+    kw = dict(num_inference_steps=STEPS, output_type="latent", view_batch=3)
+    hard_config = replace(FAST, alpha=0.0, hard_inject=True)
+    hard = pipe(views(), cameras(), "a red box", "a blue box", qnerf=hard_config, **kw)
+    per_view = pipe(views(), cameras(), "a red box", "a blue box", qnerf=replace(FAST, alpha=0.0), **kw)
+    assert [f["step"] for f in hard.stats["fits"]] == [1, 2, 3] and hard.stats["guidance_loss"] == []
+    assert (hard.images - per_view.images).abs().max() > 1e-3  # the rendered queries steer the kept steps
+
+
 def test_alpha_zero_is_the_deterministic_per_view_edit_with_masactrl(parts):
     pipe = make_pipe(parts, False)
     kw = dict(num_inference_steps=STEPS, output_type="latent", view_batch=3)

@@ -323,8 +323,8 @@ def test_repeated_guidance_moves_take_fresh_gradients():
     small, first = guidance_step(z, 0.1, lambda t: calls.append(1) or loss(t), steps=4)
     assert len(calls) == 4 and first == pytest.approx(float(loss(z)))
     big, _ = guidance_step(z, 0.4, loss)
-    assert float(loss(small)) < float(loss(guidance_step(z, 0.1, loss)[0])) < float(loss(z)) < float(loss(big))
-    assert float(loss(small)) < float(loss(big))
+    one_small = float(loss(guidance_step(z, 0.1, loss)[0]))
+    assert float(loss(small)) < one_small < float(loss(z)) < float(loss(big))
     with pytest.raises(ValueError, match="steps=0"):
         guidance_step(z, 0.05, loss, steps=0)
 
@@ -359,3 +359,35 @@ def test_gradient_matches_finite_differences_on_a_patch():
                 fd = (float(loss(zt + e)) - float(loss(zt - e))) / (2 * h)
                 an = float(grad[0, 1, i, j])
                 assert abs(fd - an) <= 1e-2 * abs(fd) + 1e-9, (i, j, fd, an)
+
+
+# -- hard injection (the paper's ablation) ---------------------------------------------------------
+def _by_view(store) -> dict[str, torch.Tensor]:
+    """The live queries of rows [view 1, view 0] as rendered maps {layer: (V, h, w, C)} by view."""
+    order = torch.tensor([1, 0])
+    return {n: torch.zeros_like(q).index_copy(0, order, q).unflatten(1, store.hw[n])
+            for n, q in store.live.items()}
+
+
+def test_hard_injection_replaces_the_target_queries_by_the_rendered_ones(unet):
+    """Injecting a view's own queries changes nothing; injecting another latent's changes the target
+    rows only, and the source rows stay exact."""
+    z, text = _inputs(2, seed=3)
+    labels = view_labels(2, cfg=False)  # source rows, then target rows
+    ctrl = Controller()
+    with apply(unet, QNeRFConfig(hard_inject=True, mutual=False, early_exit=False), controller=ctrl):
+        ctrl.begin_run(4, (16, 16))
+        store = ctrl.stores[STORE]
+        store.begin_views([1, 0], total=2)
+        with torch.no_grad():
+            plain = _forward(unet, z, text, ctrl, labels)
+            _forward(unet, z, text, ctrl, labels, mode="guide")
+            store.set_rendered(_by_view(store))
+            same = _forward(unet, z, text, ctrl, labels, mode="inject")
+            other = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(8))
+            _forward(unet, other, text, ctrl, labels, mode="guide")
+            store.set_rendered(_by_view(store))
+            moved = _forward(unet, z, text, ctrl, labels, mode="inject")
+    assert (same - plain).abs().max() < 1e-5
+    assert (moved[:2] - plain[:2]).abs().max() < 1e-6
+    assert (moved[2:] - plain[2:]).abs().max() > 1e-3

@@ -21,10 +21,10 @@ from .field import Encoder, FitReport, QueryField, fit_field
 from .guidance import guidance_step, query_distance
 from .mutual import pair_rows, swap_kv, view_labels
 from .schedule import Event, interval_events, run_events
-from .technique import STORE, QNeRFProcessor, decoder_sites
+from .technique import INJECT_MODE, STORE, QNeRFProcessor, decoder_sites
 
 __all__ = [
-    "STORE", "Cameras", "Encoder", "Event", "FitReport", "GuidanceForwardDone", "QNeRFConfig",
+    "INJECT_MODE", "STORE", "Cameras", "Encoder", "Event", "FitReport", "GuidanceForwardDone", "QNeRFConfig",
     "QNeRFProcessor", "QueryField", "QueryStore", "decoder_sites", "fit_field", "from_c2w", "guidance_step",
     "interval_events", "pair_rows", "query_distance", "read_transforms", "run_events", "swap_kv",
     "view_labels",

@@ -89,6 +89,12 @@ class QueryStore:
         (the pipeline moves one view batch at a time to the accelerator)."""
         self.rendered = {name: m.detach().flatten(1, 2).float().cpu() for name, m in maps.items()}
 
+    def rendered_rows(self, layer: str) -> Tensor:
+        """(b, N, C) fp32: QNeRF's rendered queries at ``layer`` for the announced views, in row order."""
+        if layer not in self.rendered:
+            raise ValueError(f"{layer}: no rendered queries yet; fit a field (set_rendered) before injecting")
+        return self.rendered[layer][list(self._views)]
+
     def nbytes(self) -> int:
         """Bytes held by the extracted queries (the memory budget of one extraction)."""
         return sum(t.numel() * t.element_size() for per in self._extracted.values() for t in per.values())

@@ -41,6 +41,7 @@ class QNeRFConfig:
     # -- guidance (soft injection, §3.3) --------------------------------------------------------
     alpha: float = 20.0  # z <- z - alpha * grad of the query distance (paper value unknown; ours)
     guidance_steps: int = 1  # gradient moves per guided step (paper: 1; more: smaller, surer moves; ours)
+    hard_inject: bool = False  # guided steps replace target queries by rendered ones (paper's ablation)
     tau: int = 2  # guided steps, then free steps, per interval (paper value unknown; ours)
     until_step: int | None = None  # no consolidation from this step on (None: to the end; ours)
     early_exit: bool = True  # a guidance forward stops after the last query layer (same gradient)

@@ -5,6 +5,8 @@ One processor per chosen decoder self-attention layer, on ``edit_qkv`` ([B, H, N
 - query layers (``query_factors``): in the controller's ``"extract"`` and ``"guide"`` modes the
   queries of the ``target.cond`` rows go to the :class:`~.capture.QueryStore` as (b, N, H*D), which
   is ``attn.to_q(hidden_states)`` before the head split; q, k, v pass on unchanged;
+- with ``hard_inject`` (the paper's ablation) in the ``"inject"`` mode, the target rows' queries are
+  *replaced* by QNeRF's rendered ones (consistent, but off the model's manifold);
 - K/V layers (``kv_factors``): with ``mutual`` on and from ``kv_start_step``, each target row takes
   its own view's source-row K/V (``mutual.swap_kv``).
 
@@ -34,6 +36,7 @@ from .mutual import SOURCE, TARGET, pair_rows, swap_kv
 STORE = "qnerf"  # key of the QueryStore in controller.stores
 CAPTURE_MODES = ("extract", "guide")  # controller modes in which query layers record
 CAPTURE_ROWS = f"{TARGET}.cond"  # the rows whose queries are consolidated
+INJECT_MODE = "inject"  # controller mode of a kept step whose target queries are replaced (ablation)
 Tensor = torch.Tensor
 
 
@@ -62,8 +65,11 @@ class QNeRFProcessor(ControlledProcessor):
     def _capture_on(self, call: CallInfo) -> bool:
         return self.capture and call.mode in CAPTURE_MODES
 
+    def _inject_on(self, call: CallInfo) -> bool:
+        return self.capture and self.config.hard_inject and call.mode == INJECT_MODE
+
     def wants(self, call: CallInfo) -> bool:
-        return self._capture_on(call) or self._kv_on(call)
+        return self._capture_on(call) or self._kv_on(call) or self._inject_on(call)
 
     def edit_qkv(self, q: Tensor, k: Tensor, v: Tensor, call: CallInfo) -> tuple[Tensor, Tensor, Tensor]:
         if self._capture_on(call):
@@ -72,6 +78,15 @@ class QNeRFProcessor(ControlledProcessor):
                 raise ValueError(f"{self.site.name}: the query grid of this call is unknown; announce the "
                                  "latent size with controller.begin_run(..., latent_hw=(h, w))")
             self.store.record(self.site.name, q[rows].transpose(1, 2).flatten(2), call.mode, call.hw)
+        if self._inject_on(call):
+            labels = call.labels or ()
+            rows = [i for i, lab in enumerate(labels) if lab is not None and lab.startswith(TARGET)]
+            rendered = self.store.rendered_rows(self.site.name).to(q.device, q.dtype)  # (b, N, H*D)
+            heads = rendered.unflatten(-1, (q.shape[1], q.shape[3])).transpose(1, 2)  # (b, H, N, D)
+            if len(rows) % heads.shape[0]:
+                raise ValueError(f"{self.site.name}: {len(rows)} target rows for {heads.shape[0]} views")
+            q = q.clone()
+            q[rows] = heads.repeat(len(rows) // heads.shape[0], 1, 1, 1)  # every CFG half of the views
         if self._kv_on(call):
             pairs = pair_rows(call.labels or ())
             if not pairs:
