@@ -236,6 +236,37 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, float | None
     return methods
 
 
+def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over all scenes and per edit group (colour / shape), and the scene count."""
+    groups = sorted({str(r.get("group")) for r in records})
+    return {"methods": summarise(records),
+            "groups": {g: summarise([r for r in records if str(r.get("group")) == g]) for g in groups},
+            "scenes": len(records)}
+
+
+RUN_KEYS = ("methods", "groups", "scenes")  # what differs between the parts of one split run
+
+
+def merge(logs: list[Path]) -> dict[str, Any]:
+    """One result from the logs of a run split by ``--first-scene`` / ``--max-scenes`` (one process per
+    core): the per-scene lines are summarised together; the parts must share every setting."""
+    records, settings = [], []
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                (records if "id" in row else settings).append(row)
+    if not records or not settings:
+        raise ValueError(f"--merge {[str(p) for p in logs]}: no finished qnerf_eval run there")
+    same = [{k: v for k, v in s.items() if k not in RUN_KEYS} for s in settings]
+    if any(s != same[0] for s in same):
+        raise ValueError(f"--merge: the logs ran with other settings ({same}); merge parts of one run")
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--merge: scenes {sorted({i for i in ids if ids.count(i) > 1})} appear twice")
+    return {**summary(records), **same[0], "per_scene": records}
+
+
 # -- the case file ----------------------------------------------------------------------------------
 def case_scenes(count: int = 8, seed: int = CASE_SEED) -> list[Scene]:
     """Scenes of 1-2 off-centre objects seen from ``VIEWS`` cameras around them (45 degrees apart,
@@ -302,6 +333,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cases", type=Path, default=None, metavar="FILE",
                    help="write the default scene file to FILE and stop")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="LOG",
+                   help="summarise the logs of one run split over processes and stop")
     p.add_argument("--case-seed", type=int, default=CASE_SEED,
                    help="seed of --write-cases (another seed: a tuning set apart from the reported one)")
     args = p.parse_args(argv)
@@ -324,6 +357,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {"file": str(args.write_cases), "scenes": len(cases), "seed": args.case_seed}
         print(json.dumps(result))
         return result
+    if args.merge is not None:
+        result = merge(args.merge)
+        print(json.dumps(result))
+        return result
     if not (args.model / "unet" / "config.json").is_file():
         raise SystemExit(f"--model {args.model}: no model there; train and export it first "
                          "(worlds/shapes3d/README.md) or pass --model DIR")
@@ -343,10 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             save_grid(rec["rows"], args.grid)
         records.append(rec)
         print(json.dumps({k: rec[k] for k in ("id", "group", "floor", *args.methods)}))
-    groups = sorted({str(r.get("group")) for r in records})
-    result = {"methods": summarise(records),
-              "groups": {g: summarise([r for r in records if str(r.get("group")) == g]) for g in groups},
-              "scenes": len(records), "views": args.views or VIEWS,
+    result = {**summary(records), "views": args.views or VIEWS,
               "steps": args.steps, "control": args.control, "conditioning_scale": args.conditioning_scale,
               "alpha": args.alpha, "guidance_steps": args.guidance_steps, "until_step": args.until_step,
               "hard_inject": args.hard_inject,

@@ -119,4 +119,18 @@ def test_end_to_end_on_a_tiny_model(tmp_path, capsys):
                            "--first-scene", "5", "--max-scenes", "1", "--views", "2", "--steps", "2",
                            "--size", "16", "--methods", "per_view", "--control", "source"])
     assert set(one["methods"]) == {"per_view"} and set(one["groups"]) == {"shape"}
+    # a run split over two processes merges into one result; parts of other runs do not
+    logs = []
+    for first in ("4", "5"):
+        capsys.readouterr()
+        qnerf_eval.main(["--scenes", str(CASES), "--model", str(tmp_path / "model"), "--quick",
+                         "--first-scene", first, "--max-scenes", "1", "--views", "2", "--steps", "2",
+                         "--size", "16", "--methods", "per_view", "--control", "source"])
+        logs.append(tmp_path / f"part{first}.log")
+        logs[-1].write_text(capsys.readouterr().out)
+    merged = qnerf_eval.main(["--merge", *map(str, logs)])
+    assert merged["scenes"] == 2 and [r["id"] for r in merged["per_scene"]] == ["shape-04", "shape-05"]
+    assert merged["control"] == "source" and merged["methods"]["per_view"]["consistency_error"] is not None
+    with pytest.raises(ValueError, match="appear twice"):
+        qnerf_eval.merge([logs[0], logs[0]])
     assert one["control"] == "source" and last["guidance_steps"] == 2
