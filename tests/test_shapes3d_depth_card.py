@@ -84,7 +84,7 @@ def test_the_card_holds_the_numbers_of_its_files(exported, tmp_path):
                  "- colour accuracy >= 0.9 (two-object group): **not met** (0.875 over 12 images)",
                  "- depth adherence >= 0.8 (one-object group): **met** (0.900",
                  "- depth adherence >= 0.8 (two-object group): **met** (0.800",
-                 "| qnerf | 6.500 | 9.000 | 18.250 | 0.500 | 30.000 |",
+                 "| qnerf | all | 6.500 | 9.000 | 18.250 | 0.500 | 30.000 |",
                  "- consistency error >= 30% below per-view: **met** (6.500 vs 10.000: 35 % lower)",
                  "- edit success not lower than per-view: **met** (0.500 vs 0.500)",
                  "- ground-truth PSNR not lower than per-view: **met** (18.250 vs 18.000)",
@@ -97,7 +97,7 @@ def test_verdicts_follow_the_numbers_and_missing_figures_say_so(exported):
     groups = {"one": {**EVAL["groups"]["one"], "depth_adherence": 0.7}}  # no two-object group
     worse_q = {"methods": {"per_view": QNERF["methods"]["per_view"],
                            "qnerf": {"consistency_error": 8.0, "gt_psnr": 17.5, "edit_success": 0.75}}}
-    text = depth_card.build_card(model, log, {**EVAL, "groups": groups}, worse_q)
+    text = depth_card.build_card(model, log, {**EVAL, "groups": groups}, [worse_q])
     assert "- depth adherence >= 0.8 (one-object group): **not met** (0.700 over 12 images)" in text
     assert "- colour accuracy >= 0.9 (two-object group): not measured (no `two` group in the eval)" in text
     assert "- consistency error >= 30% below per-view: **not met** (8.000 vs 10.000: 20 % lower)" in text
@@ -165,3 +165,18 @@ def test_the_log_adds_up_across_resumes_and_recipe_changes():
     vae = "\n".join(depth_card.compute(records, logs))
     assert "VAE: fine-tuned in this run, 40 steps; held-out PSNR 18.20 -> 30.10 dB" in vae
     assert "`unet`: 75 steps, 3.4 min at a median 2.500 s/step" in vae
+
+
+def test_several_qnerf_settings_get_a_section_each_with_their_groups(exported, tmp_path):
+    model, log = exported
+    source = {**QNERF, "control": "source", "alpha": 20.0, "guidance_steps": 16,
+              "groups": {"shape": {"per_view": {**METHOD, "consistency_error": 16.0},
+                                   "qnerf": {**METHOD, "consistency_error": 8.0}}}}
+    out = depth_card.main(["--model", str(model), "--run-log", str(log),
+                           "--qnerf", str(_write(tmp_path / "q.txt", QNERF)),
+                           "--qnerf", str(_write(tmp_path / "s.txt", source))])
+    text = out.read_text()
+    assert "gets the edited scene's depth" in text and "gets the source views' depth" in text
+    assert "alpha 20.0, guidance_steps 16" in text
+    assert "| qnerf | shape | 8.000 |" in text and "| per_view | shape | 16.000 |" in text
+    assert "**Issue 17 bars** (edited depth)" in text and "**Issue 17 bars** (source depth)" in text

@@ -278,7 +278,34 @@ def qnerf_bars(q: dict[str, Any]) -> list[Bar]:
     return [cons, not_lower("edit_success", "edit success"), not_lower("gt_psnr", "ground-truth PSNR")]
 
 
-def figures(ev: dict[str, Any] | None, q: dict[str, Any] | None) -> list[str]:
+CONTROL_TEXT = {  # what `qnerf_eval.py --control` handed the edit
+    "edited": "the edit's ControlNet gets the edited scene's depth (an oracle 3D control)",
+    "source": "the edit's ControlNet gets the source views' depth (no new geometry: shape edits must change "
+              "the shape against their control)",
+}
+
+
+def qnerf_section(q: dict[str, Any]) -> list[str]:
+    """One `qnerf_eval.py` result: its setting, the method table, the shape/colour groups, the bars."""
+    control = str(q.get("control", "edited"))
+    extra = ", ".join(f"{k} {q[k]}" for k in ("alpha", "guidance_steps", "until_step", "hard_inject")
+                      if q.get(k) is not None)
+    out = [f"`benchmarks/qnerf_eval.py` ({q.get('scenes')} scenes x {q.get('views')} views, "
+           f"{q.get('steps')} steps; model `{q.get('model')}`{'; ' + extra if extra else ''}): "
+           f"{CONTROL_TEXT.get(control, control)}; the same edits per view and with query consolidation, "
+           "scored against the edited scene's renders.", "",
+           "| method | group | consistency error | raw | GT PSNR | edit success | seconds |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    parts = [("all", q["methods"]), *sorted((q.get("groups") or {}).items())]
+    for name in q["methods"]:
+        for group, methods in parts:
+            if name in methods:
+                cells = " | ".join(_fmt(methods[name].get(k)) for k in QNERF_METRICS)
+                out.append(f"| {name} | {group} | {cells} |")
+    return out + ["", f"**Issue 17 bars** ({control} depth):", ""] + [b.line() for b in qnerf_bars(q)] + [""]
+
+
+def figures(ev: dict[str, Any] | None, qs: Sequence[dict[str, Any]] = ()) -> list[str]:
     out = ["## Figures"]
     if ev is None:
         out += ["No `benchmarks/shapes3d_eval.py` result was given (`--eval`): text + depth not measured.",
@@ -299,23 +326,16 @@ def figures(ev: dict[str, Any] | None, q: dict[str, Any] | None) -> list[str]:
                 f"Seconds per image: {_fmt(ev.get('seconds_per_image'))}.", "",
                 "**Issue 15 bars** (text + depth, each group separately):", ""]
         out += [b.line() for b in text_depth_bars(ev)] + [""]
-    if q is None:
+    if not qs:
         out += ["No `benchmarks/qnerf_eval.py` result was given (`--qnerf`): QNeRF not measured here.", ""]
-    else:
-        out += [f"`benchmarks/qnerf_eval.py` ({q.get('scenes')} scenes x {q.get('views')} views, "
-                f"{q.get('steps')} steps; model `{q.get('model')}`): the same edits per view and with query "
-                "consolidation, scored against the edited scene's renders.", "",
-                "| method | consistency error | raw | GT PSNR | edit success | seconds |",
-                "| --- | --- | --- | --- | --- | --- |"]
-        for name, m in q["methods"].items():
-            out.append(f"| {name} | {' | '.join(_fmt(m.get(k)) for k in QNERF_METRICS)} |")
-        out += ["", "**Issue 17 bars**:", ""] + [b.line() for b in qnerf_bars(q)] + [""]
+    for q in qs:
+        out += qnerf_section(q)
     return out
 
 
 def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = None,
-               q: dict[str, Any] | None = None) -> str:
-    """The card's Markdown."""
+               qs: Sequence[dict[str, Any]] = ()) -> str:
+    """The card's Markdown; ``qs``: QNeRF results, one section each (e.g. edited and source depth)."""
     check_model(model)
     record = json.loads((model / "training.json").read_text()) if (model / "training.json").is_file() else {}
     shipped: dict[str, Any] = record.get("steps", {})
@@ -366,7 +386,7 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
                   f"shipped steps {shipped or 'not recorded'} (`training.json`).", ""]
     else:
         lines += recipe(logs, shipped) + compute(records, logs)
-    lines += figures(ev, q)
+    lines += figures(ev, qs)
     lines += [
         "## Limitations",
         f"- A toy: {size}x{size} renders ({info['latent']}x{info['latent']} latents) of primitives on a "
@@ -390,19 +410,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--model", type=Path, default=Path("assets/shapes3d-sd"))
     p.add_argument("--run-log", type=Path, default=Path("runs/sd3d/train.log"))
     p.add_argument("--eval", type=Path, default=None, help="benchmarks/shapes3d_eval.py output")
-    p.add_argument("--qnerf", type=Path, default=None, help="benchmarks/qnerf_eval.py output")
+    p.add_argument("--qnerf", type=Path, action="append", default=[],
+                   help="benchmarks/qnerf_eval.py output (repeat for several settings)")
     a = p.parse_args(argv)
-    for flag, path in (("--run-log", a.run_log), ("--eval", a.eval), ("--qnerf", a.qnerf)):
+    for flag, path in (("--run-log", a.run_log), ("--eval", a.eval), *(("--qnerf", q) for q in a.qnerf)):
         if path is not None and not path.is_file():
             p.error(f"{flag} {path}: no such file")
     try:
         check_model(a.model)
         ev = read_eval(a.eval) if a.eval else None
-        q = read_qnerf(a.qnerf) if a.qnerf else None
+        qs = [read_qnerf(path) for path in a.qnerf]
     except ValueError as err:
         p.error(str(err))
     out = a.model / "MODEL_CARD.md"
-    out.write_text(build_card(a.model, a.run_log, ev, q), encoding="utf-8")
+    out.write_text(build_card(a.model, a.run_log, ev, qs), encoding="utf-8")
     print(out)
     return out
 
