@@ -103,6 +103,7 @@ def test_verdicts_follow_the_numbers_and_missing_figures_say_so(exported):
     assert "- consistency error >= 30% below per-view: **not met** (8.000 vs 10.000: 20 % lower)" in text
     assert "- edit success not lower than per-view: **met** (0.750 vs 0.500)" in text
     assert "- ground-truth PSNR not lower than per-view: **not met** (17.500 vs 18.000)" in text
+    (model / "MODEL_CARD.md").unlink(missing_ok=True)  # no earlier card to keep a recipe from
     bare = depth_card.build_card(model, None)
     assert "`--eval`): text + depth not measured" in bare and "`--qnerf`): QNeRF not measured" in bare
     assert "recipe and compute not recorded" in bare and "{'unet': 2, 'controlnet': 2}" in bare
@@ -180,3 +181,24 @@ def test_several_qnerf_settings_get_a_section_each_with_their_groups(exported, t
     assert "alpha 20.0, guidance_steps 16" in text
     assert "| qnerf | shape | 8.000 |" in text and "| per_view | shape | 16.000 |" in text
     assert "**Issue 17 bars** (edited depth)" in text and "**Issue 17 bars** (source depth)" in text
+
+
+def test_new_figures_without_the_run_log_keep_the_recipe_read_from_it_before(exported, tmp_path):
+    model, log = exported
+    started = tmp_path / "train.log"  # the run as the shipped one was: its UNet started from shapes-sd
+    init = {"phase": "unet", "init": "assets/shapes-sd", "new_words": ["cone"]}
+    started.write_text(json.dumps(init) + "\n" + log.read_text())
+    card = model / "MODEL_CARD.md"
+    card.write_text(depth_card.build_card(model, started, EVAL), encoding="utf-8")
+    before = card.read_text()
+    recipe = before[before.index("## Recipe"):before.index("## Figures")]
+    limitation = next(x for x in before.splitlines() if x.startswith("- Small ("))
+    encoder = next(x for x in before.splitlines() if x.startswith("- The depth control"))
+    out = depth_card.main(["--model", str(model), "--qnerf", str(_write(tmp_path / "q.txt", QNERF))])
+    after = out.read_text()
+    assert recipe in after and "steps (reached the step target" in recipe
+    assert limitation in after and "trained on cpu for" in limitation
+    assert encoder in after and ", through `" in encoder  # the UNet's starting folder, read from the recipe
+    assert "| qnerf | all | 6.500 |" in after and "No train.log was given" not in after
+    card.unlink()  # with no earlier card and no log, the card says so instead
+    assert "recipe and compute not recorded" in depth_card.build_card(model, None)

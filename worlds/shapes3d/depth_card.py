@@ -2,14 +2,17 @@
 
     python -m worlds.shapes3d.depth_card --model assets/shapes3d-sd --run-log runs/sd3d/train.log \\
         [--eval SHAPES3D_EVAL.json] [--qnerf QNERF_EVAL.json]
+    python -m worlds.shapes3d.depth_card --model assets/shapes3d-sd --eval ... --qnerf ...   # new figures
 
 Every number of the card is read or computed here, never typed in: the architecture, parameter counts
 and vocabulary from the folder's components (``controlnet-depth/`` included), the shipped steps from
 its ``training.json``, the recipe and compute from the run's ``train.log`` (the ``start`` line each
-invocation of ``worlds.shapes3d.train_depth`` logs per phase), the figures from the last JSON line of
-``benchmarks/shapes3d_eval.py`` and ``benchmarks/qnerf_eval.py``, and the acceptance bars of issues 15
-(text + depth) and 17 (QNeRF) evaluated on those figures. The helpers shared with the novel-view card
-come from ``.card``; the worlds never import the benchmarks, so the eval outputs come in as files.
+invocation of ``worlds.shapes3d.train_depth`` logs per phase; without ``--run-log`` the recipe and
+compute sections of the folder's current card, written from that log before, are kept), the figures
+from the last JSON line of ``benchmarks/shapes3d_eval.py`` and ``benchmarks/qnerf_eval.py``, and the
+acceptance bars of issues 15 (text + depth) and 17 (QNeRF) evaluated on those figures. The helpers
+shared with the novel-view card come from ``.card``; the worlds never import the benchmarks, so the
+eval outputs come in as files.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +49,21 @@ QNERF_METRICS = ("consistency_error", "consistency_raw", "gt_psnr", "edit_succes
 
 
 # -- reading ---------------------------------------------------------------------------------------
+def carried_recipe(card: Path) -> list[str]:
+    """The Recipe and Compute sections of an earlier card: a run's log is not shipped with the model, so
+    new figures must not erase what was once read from it. Empty without such a card."""
+    if not card.is_file():
+        return []
+    lines = card.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## Recipe")), None)
+    end = next((i for i, line in enumerate(lines) if line.startswith("## Figures")), None)
+    if start is None or end is None or end <= start:
+        return []
+    if any("No train.log was given" in line for line in lines[start:end]):
+        return []
+    return lines[start:end]
+
+
 def check_model(folder: Path) -> None:
     """A clear ValueError unless ``folder`` is an exported text + depth model (pipeline + ControlNet)."""
     if not (folder / "model_index.json").is_file():
@@ -268,7 +287,9 @@ def qnerf_bars(q: dict[str, Any]) -> list[Bar]:
     else:
         red = 1 - oe / pe
         cons = Bar(f"consistency error >= {BAR_QNERF_REDUCTION:.0%} below per-view",
-                   f"{_fmt(oe)} vs {_fmt(pe)}: {100 * red:.0f} % lower", red >= BAR_QNERF_REDUCTION)
+                   f"{_fmt(oe)} vs {_fmt(pe)}: " + (f"{100 * red:.0f} % lower" if round(100 * red) > 0
+                                                   else f"{-100 * red:.0f} % higher" if round(100 * red) < 0
+                                                   else "no change"), red >= BAR_QNERF_REDUCTION)
 
     def not_lower(key: str, label: str) -> Bar:
         a, b = o.get(key), p.get(key)
@@ -340,6 +361,7 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
     record = json.loads((model / "training.json").read_text()) if (model / "training.json").is_file() else {}
     shipped: dict[str, Any] = record.get("steps", {})
     records = read_log(run_log) if run_log is not None and run_log.is_file() else None
+    carried = carried_recipe(model / "MODEL_CARD.md") if records is None else []
     logs = {p: phase_log(records or [], p) for p in PHASES}
     rows, total, info = architecture(model)
     mb = sum(f.stat().st_size for f in model.rglob("*") if f.is_file() and f.name != "MODEL_CARD.md") / 2**20
@@ -349,7 +371,7 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
         kwargs += f", num_inference_steps={ev.get('steps')}, guidance_scale={ev.get('cfg')}"
     devices = sorted({str(s.get("device")) for lg in logs.values() for s in lg["starts"]})
     hours = sum(lg["seconds"] for lg in logs.values())
-    init = logs["unet"]["init"]
+    init = logs["unet"]["init"] if records is not None else init_of(carried)
     spec = TRAIN_SPEC
     lines = [
         f"# {model.name}: a text-to-image model with a depth ControlNet, trained on the 3D shapes world", "",
@@ -381,7 +403,9 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
         "parameters)",
         "| component | config | params |", "| --- | --- | --- |", *rows, "",
     ]
-    if records is None:
+    if carried:
+        lines += carried
+    elif records is None:
         lines += ["## Recipe", "No train.log was given (`--run-log`): recipe and compute not recorded; "
                   f"shipped steps {shipped or 'not recorded'} (`training.json`).", ""]
     else:
@@ -395,8 +419,8 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
         f"- Closed vocabulary of {len(words)} words: {', '.join(f'`{w}`' for w in words)}. Any other "
         "word is split into characters the model never saw.",
         f"- Small ({_params(total)} parameters) and trained on "
-        f"{' and '.join(devices) if devices else 'a device not recorded'} for "
-        f"{_duration(hours) if records is not None else 'a time not recorded'} of logged training: see "
+        f"{' and '.join(devices) if devices else machine_of(carried)} for "
+        f"{_duration(hours) if records is not None else trained_for(carried)} of logged training: see "
         "the bars above for what is and is not reached.",
         "- The depth control is this world's inverse depth normalised per image (`depth_control`), not a "
         "MiDaS estimate; the text encoder is this world's own (trained from scratch"
@@ -405,10 +429,30 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
     return "\n".join(lines)
 
 
+def machine_of(carried: list[str]) -> str:
+    """The device named by a carried Compute section ("Machine: cpu, ..."), for the limitations."""
+    line = next((x for x in carried if x.startswith("Machine: ")), None)
+    return line.removeprefix("Machine: ").split(",")[0] if line else "a device not recorded"
+
+
+def init_of(carried: list[str]) -> str | None:
+    """The text-to-image UNet's starting folder named by a carried Recipe ("init: `assets/shapes-sd`")."""
+    line = next((x for x in carried if "(`unet`)" in x), "")
+    found = re.search(r"init: `([^`]+)`", line)
+    return found.group(1) if found else None
+
+
+def trained_for(carried: list[str]) -> str:
+    """The training time of a carried Compute section ("... in all (from the logged s/step): 79.8 min.")."""
+    line = next((x for x in carried if "Training time in all" in x), None)
+    return line.rsplit(": ", 1)[1].rstrip(".") if line else "a time not recorded"
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=Path("assets/shapes3d-sd"))
-    p.add_argument("--run-log", type=Path, default=Path("runs/sd3d/train.log"))
+    p.add_argument("--run-log", type=Path, default=None,
+                   help="the run's train.log (default: keep the current card's recipe and compute)")
     p.add_argument("--eval", type=Path, default=None, help="benchmarks/shapes3d_eval.py output")
     p.add_argument("--qnerf", type=Path, action="append", default=[],
                    help="benchmarks/qnerf_eval.py output (repeat for several settings)")
