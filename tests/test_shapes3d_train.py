@@ -129,3 +129,44 @@ def test_novel_view_eval_runs_on_an_exported_model(run, tmp_path):
     assert result["psnr_copy_input"] == copy["psnr"] and result["mask_iou_copy_input"] == copy["mask_iou"]
     assert set(result["groups"]) == {"off_centre_1", "off_centre_2", "centred_1", "three"}
     assert len(list((tmp_path / "grids").glob("*.png"))) == 4
+
+
+def test_the_azimuth_curriculum_grows_from_30_to_180_degrees():
+    from worlds.shapes3d.train_zero123 import azimuth_cap
+
+    assert azimuth_cap(0, 100) == 30.0 and azimuth_cap(50, 100) == 105.0
+    assert azimuth_cap(100, 100) == azimuth_cap(7, 0) == 180.0
+
+
+def test_near_targets_stay_within_the_cap_and_fall_back_to_the_nearest_view():
+    from worlds.shapes3d.train_zero123 import near_targets
+
+    az = torch.tensor([[0.0, 10.0, 350.0, 90.0, 180.0, 270.0]] * 64
+                      + [[0.0, 100.0, 200.0, 280.0, 60.0, 150.0]])
+    src = torch.zeros(65, dtype=torch.long)
+    tgt = near_targets(az, src, 20.0, torch.Generator().manual_seed(0))
+    assert set(tgt[:64].tolist()) == {1, 2}  # 10 and 350 degrees are 10 away (wrapped); never the source
+    assert tgt[64].item() == 4  # none within 20: the nearest other view, 60 degrees away
+
+
+def test_init_starts_from_an_exported_model_with_its_vae_and_logs_the_curriculum(run, tmp_path):
+    import shutil
+
+    from worlds.shapes3d.zero123 import export
+
+    folder = export(run, tmp_path / "z123")
+    out = tmp_path / "ft"
+    out.mkdir()
+    shutil.copy(run / "views.pt", out / "views.pt")  # the same cache: only the UNet phase runs
+    main(["--out", str(out), "--steps", "0", "--init", str(folder), *TINY])
+    state = torch.load(out / "unet_ckpt.pt", weights_only=False)
+    shipped = torch.load(run / "unet_ckpt.pt", weights_only=False)["ema"]
+    assert all(torch.equal(a, b) for a, b in zip(state["ema"], shipped, strict=True))  # EMA = shipped weights
+    assert (out / "vae" / "config.json").is_file()
+    first = [r for r in _log(out) if r.get("init")][0]
+    assert first["init_step"] == 2 and first["input_latent"] == "raw"
+    main(["--out", str(out), "--steps", "2", "--azimuth-curriculum", "100", *TINY])
+    caps = [r["azimuth_cap"] for r in _log(out) if "azimuth_cap" in r]
+    assert caps == [30.0, 31.5]  # the caps steps 0 and 1 drew their pairs with
+    with pytest.raises(ValueError, match="lacks"):
+        main(["--out", str(tmp_path / "other"), "--init", str(tmp_path), *TINY])

@@ -2,6 +2,8 @@
 
     python -m worlds.shapes3d.train_zero123 --out runs/zero123 --device cpu --steps 20000
     python -m worlds.shapes3d.train_zero123 --out runs/zero123 --device cuda --batch 128 --time-limit 600
+    python -m worlds.shapes3d.train_zero123 --out runs/ft --init assets/shapes3d-zero123 \
+        --azimuth-curriculum 4000 --time-limit 3000         # fine-tune the shipped model
 
 Phases, each resumable from ``--out``:
 
@@ -18,6 +20,13 @@ Phases, each resumable from ``--out``:
 
 The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
 (``--input-latent raw``) or times ``scaling_factor`` (``scaled``); the choice is saved with the run.
+``--init FOLDER`` starts the UNet phase from an exported model (its UNet, image encoder and
+``cc_projection``, EMA included, its VAE and its input-latent choice) instead of random weights.
+``--azimuth-curriculum N`` draws each pair's target within a largest azimuth change that grows from
+30 to 180 degrees over the first N steps. Why: the shipped model learned to ignore its input latent
+(zeroing it, or even giving it the target's own latent, changes its loss by under 1 %;
+``benchmarks/zero123_probe.py``), since a source latent far in azimuth says little about the target at
+the same pixel; close pairs make it worth reading before the large moves are asked for.
 ``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
 (``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
 """
@@ -25,18 +34,22 @@ The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPVisionModelWithProjection
 
 from worlds.finetune import Deadline, atomic_save, log, training_device
 
 from .data import TRAIN_SPEC, relative_poses, render_scenes, to_model_range
 from .models import (
+    CCProjection,
     build_cc_projection,
     build_image_encoder,
     build_zero123_unet,
@@ -47,6 +60,8 @@ from .models import (
 DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
 VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
 HOLDOUT_SEED_OFFSET = 20_000  # held-out renders for the VAE's PSNR and latent scale
+CURRICULUM_START_DEG = 30.0  # largest azimuth change of the first curriculum step
+INIT_PARTS = ("unet", "image_encoder", "cc_projection", "vae")
 
 
 def _flat_images(seed: int, start: int, count: int) -> torch.Tensor:
@@ -148,18 +163,44 @@ def sample_pairs(n_scenes: int, n_views: int, batch: int, gen: torch.Generator, 
     return idx, src, tgt
 
 
+def azimuth_cap(step: int, curriculum_steps: int) -> float:
+    """Largest azimuth change (degrees) of a pair at ``step``: 30 -> 180 over the curriculum, then 180."""
+    if curriculum_steps <= 0 or step >= curriculum_steps:
+        return 180.0
+    return CURRICULUM_START_DEG + (180.0 - CURRICULUM_START_DEG) * step / curriculum_steps
+
+
+def near_targets(azimuths: torch.Tensor, src: torch.Tensor, cap_deg: float, gen: torch.Generator
+                 ) -> torch.Tensor:
+    """A target view per sample whose azimuth is within ``cap_deg`` of its source's (the nearest
+    other view where none is): azimuths (B, V) in degrees, src (B,) -> tgt (B,)."""
+    b = torch.arange(azimuths.shape[0], device=azimuths.device)
+    diff = (azimuths - azimuths[b, src][:, None] + 180.0) % 360.0 - 180.0  # (B, V) in [-180, 180)
+    dist = diff.abs()
+    dist[b, src] = float("inf")  # never the source itself
+    allowed = dist <= cap_deg
+    nearest = torch.nn.functional.one_hot(dist.argmin(1), azimuths.shape[1]).bool()
+    allowed = torch.where(allowed.any(1, keepdim=True), allowed, nearest)
+    return torch.multinomial(allowed.float(), 1, generator=gen)[:, 0]
+
+
 def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
                ) -> None:
     deadline = Deadline(args.time_limit, args.decay_tail)
     torch.manual_seed(args.seed)
     unet, enc, cc = build_zero123_unet(), build_image_encoder(), build_cc_projection()
     unet, enc, cc = unet.to(device).train(), enc.to(device).train(), cc.to(device).train()
+    ckpt, step = out / "unet_ckpt.pt", 0
+    if args.init is not None and not ckpt.exists():
+        unet, enc, cc = (m.to(device).train() for m in load_init(args.init))
+        args.input_latent = init_record(args.init)["input_latent"]
+        log(out, {"phase": "unet", "init": str(args.init), "init_step": init_record(args.init).get("step"),
+                  "input_latent": args.input_latent})
     params = [p for m in (unet, enc, cc) for p in m.parameters()]
-    ema = [p.detach().clone() for p in params]
+    ema = [p.detach().clone() for p in params]  # an --init starts its EMA at the shipped (EMA) weights
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     sched = train_scheduler()
     gen = torch.Generator(device=device).manual_seed(args.seed + 1)
-    ckpt, step = out / "unet_ckpt.pt", 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location=device)
         for name, m in (("unet", unet), ("image_encoder", enc), ("cc_projection", cc)):
@@ -189,6 +230,9 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     acc = torch.zeros((), dtype=torch.float64, device=device)  # loss sum on the device: no sync per step
     while (args.steps is None or step < args.steps) and not deadline.passed():
         idx, src, tgt = sample_pairs(n_scenes, n_views, args.batch, gen, device)
+        cap = azimuth_cap(step, args.azimuth_curriculum)
+        if cap < 180.0:
+            tgt = near_targets(data["views"][idx, :, 1].to(device), src, cap, gen)
         mean, std = data["mean"][idx, tgt].float(), data["std"][idx, tgt].float()
         target = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * sf  # (B, 4, 16, 16)
         cond_latent = data["mean"][idx, src].float() * in_scale  # (B, 4, 16, 16)
@@ -215,6 +259,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         acc += loss.detach().double()
         if step % args.log_every == 0:
             log(out, {"phase": "unet", "step": step, "loss": round(acc.item() / args.log_every, 5), "lr": lr,
+                      **({"azimuth_cap": round(cap, 1)} if args.azimuth_curriculum else {}),
                       "s_per_step": round((time.time() - t0) / args.log_every, 4)})
             acc.zero_()
             t0 = time.time()
@@ -225,6 +270,37 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     log(out, {"phase": "unet", "done": True, "steps": step,
               "stopped": "time_limit" if deadline.passed() else "steps",
               "steps_per_s": round((step - first) / max(deadline.elapsed(), 1e-9), 3)})
+
+
+def init_record(folder: Path) -> dict:
+    """The ``training.json`` of an exported model (its step and input-latent choice)."""
+    path = folder / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {"input_latent": "raw"}
+
+
+def load_init(folder: Path) -> tuple[UNet2DConditionModel, CLIPVisionModelWithProjection, CCProjection]:
+    """The trainable parts of an exported Zero-1-to-3 folder, in the trainer's classes."""
+    missing = [p for p in INIT_PARTS if not (folder / p / "config.json").is_file()]
+    if missing:
+        raise ValueError(f"--init {folder} lacks {missing}; give a folder exported by "
+                         "`python -m worlds.shapes3d.zero123` (e.g. assets/shapes3d-zero123)")
+    return (UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
+            CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", local_files_only=True),
+            CCProjection.from_pretrained(folder / "cc_projection", local_files_only=True))
+
+
+def take_init_vae(init: Path, out: Path) -> None:
+    """The run uses the VAE its init was trained with: copied in, or checked if the run has one."""
+    mine, theirs = out / "vae" / "config.json", init / "vae" / "config.json"
+    if not mine.exists():
+        shutil.copytree(init / "vae", out / "vae")
+        log(out, {"phase": "vae", "copied_from": str(init / "vae")})
+        return
+    a = json.loads(mine.read_text()).get("scaling_factor")
+    b = json.loads(theirs.read_text()).get("scaling_factor")
+    if a != b:
+        raise ValueError(f"--init {init}: its VAE (scaling_factor {b}) is not the run's {out / 'vae'} "
+                         f"(scaling_factor {a}); start a fresh --out or drop --init")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -254,11 +330,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop the UNet phase SEC seconds after it starts")
     p.add_argument("--decay-tail", type=float, default=0.3, metavar="FRAC")
     p.add_argument("--phase", choices=["all", "vae", "cache", "unet"], default="all")
+    p.add_argument("--init", type=Path, default=None, metavar="FOLDER",
+                   help="start the UNet phase from an exported model (and take its VAE)")
+    p.add_argument("--azimuth-curriculum", type=int, default=0, metavar="STEPS",
+                   help="pairs' largest azimuth change grows 30 -> 180 deg over these steps (0: off)")
     args = p.parse_args(argv)
     if args.steps is None and args.time_limit is None:
         args.steps = 20_000
     if (args.steps is not None and args.steps < 0) or args.batch < 1 or args.scenes < 1:
         p.error("need --steps >= 0, --batch >= 1 and --scenes >= 1")
+    if args.azimuth_curriculum < 0:
+        p.error(f"--azimuth-curriculum {args.azimuth_curriculum}: give a number of steps >= 0 (0: off)")
     try:
         Deadline(args.time_limit, args.decay_tail)
     except ValueError as e:
@@ -271,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = training_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.init is not None:
+        load_init(args.init)  # one clear error before any work if the folder is not a model
+        take_init_vae(args.init, args.out)
     if args.phase in ("all", "vae"):
         train_vae(args, args.out, device)
     if args.phase in ("all", "cache", "unet"):
