@@ -138,6 +138,16 @@ def test_the_azimuth_curriculum_grows_from_30_to_180_degrees():
     assert azimuth_cap(100, 100) == azimuth_cap(7, 0) == 180.0
 
 
+def test_copy_pairs_fall_from_their_share_to_none_over_the_curriculum():
+    from worlds.shapes3d.train_zero123 import copy_share
+
+    assert copy_share(0, 0.5, 100) == 0.5 and copy_share(50, 0.5, 100) == 0.25
+    assert copy_share(100, 0.5, 100) == copy_share(3, 0.5, 0) == copy_share(3, 0.0, 100) == 0.0
+    for bad in (["--copy-pairs", "1.5", "--azimuth-curriculum", "10"], ["--copy-pairs", "0.5"]):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", *bad])
+
+
 def test_near_targets_stay_within_the_cap_and_fall_back_to_the_nearest_view():
     from worlds.shapes3d.train_zero123 import near_targets
 
@@ -165,8 +175,9 @@ def test_init_starts_from_an_exported_model_with_its_vae_and_logs_the_curriculum
     assert (out / "vae" / "config.json").is_file()
     first = [r for r in _log(out) if r.get("init")][0]
     assert first["init_step"] == 2 and first["input_latent"] == "raw"
-    main(["--out", str(out), "--steps", "2", "--azimuth-curriculum", "100", *TINY])
-    caps = [r["azimuth_cap"] for r in _log(out) if "azimuth_cap" in r]
-    assert caps == [30.0, 31.5]  # the caps steps 0 and 1 drew their pairs with
+    main(["--out", str(out), "--steps", "2", "--azimuth-curriculum", "100", "--copy-pairs", "0.5", *TINY])
+    steps = [r for r in _log(out) if "azimuth_cap" in r]
+    assert [r["azimuth_cap"] for r in steps] == [30.0, 31.5]  # the caps steps 0 and 1 drew their pairs with
+    assert [r["copy_share"] for r in steps] == [0.5, 0.495]
     with pytest.raises(ValueError, match="lacks"):
         main(["--out", str(tmp_path / "other"), "--init", str(tmp_path), *TINY])

@@ -27,6 +27,10 @@ The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
 (zeroing it, or even giving it the target's own latent, changes its loss by under 1 %;
 ``benchmarks/zero123_probe.py``), since a source latent far in azimuth says little about the target at
 the same pixel; close pairs make it worth reading before the large moves are asked for.
+``--copy-pairs FRAC`` also makes that share of the pairs (falling to 0 over the curriculum) copies:
+target = source. Why: a 60-minute fine-tune with the azimuth curriculum alone did not change what
+the model reads (the elevation of each view still differs by up to 25 degrees), while 100 steps on
+copies alone taught it to read its input latent (``worlds/shapes3d/README.md``).
 ``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
 (``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
 """
@@ -170,6 +174,14 @@ def azimuth_cap(step: int, curriculum_steps: int) -> float:
     return CURRICULUM_START_DEG + (180.0 - CURRICULUM_START_DEG) * step / curriculum_steps
 
 
+def copy_share(step: int, start_share: float, curriculum_steps: int) -> float:
+    """Share of pairs whose target is the source itself: ``start_share`` at step 0 -> 0 at the
+    curriculum's end."""
+    if curriculum_steps <= 0 or step >= curriculum_steps:
+        return 0.0
+    return start_share * (1 - step / curriculum_steps)
+
+
 def near_targets(azimuths: torch.Tensor, src: torch.Tensor, cap_deg: float, gen: torch.Generator
                  ) -> torch.Tensor:
     """A target view per sample whose azimuth is within ``cap_deg`` of its source's (the nearest
@@ -233,6 +245,9 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         cap = azimuth_cap(step, args.azimuth_curriculum)
         if cap < 180.0:
             tgt = near_targets(data["views"][idx, :, 1].to(device), src, cap, gen)
+        share = copy_share(step, args.copy_pairs, args.azimuth_curriculum)
+        if share > 0:
+            tgt = torch.where(torch.rand(args.batch, generator=gen, device=device) < share, src, tgt)
         mean, std = data["mean"][idx, tgt].float(), data["std"][idx, tgt].float()
         target = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * sf  # (B, 4, 16, 16)
         cond_latent = data["mean"][idx, src].float() * in_scale  # (B, 4, 16, 16)
@@ -260,6 +275,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         if step % args.log_every == 0:
             log(out, {"phase": "unet", "step": step, "loss": round(acc.item() / args.log_every, 5), "lr": lr,
                       **({"azimuth_cap": round(cap, 1)} if args.azimuth_curriculum else {}),
+                      **({"copy_share": round(share, 3)} if args.copy_pairs else {}),
                       "s_per_step": round((time.time() - t0) / args.log_every, 4)})
             acc.zero_()
             t0 = time.time()
@@ -334,6 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start the UNet phase from an exported model (and take its VAE)")
     p.add_argument("--azimuth-curriculum", type=int, default=0, metavar="STEPS",
                    help="pairs' largest azimuth change grows 30 -> 180 deg over these steps (0: off)")
+    p.add_argument("--copy-pairs", type=float, default=0.0, metavar="FRAC",
+                   help="share of pairs with target = source at step 0, falling to 0 over "
+                        "--azimuth-curriculum")
     args = p.parse_args(argv)
     if args.steps is None and args.time_limit is None:
         args.steps = 20_000
@@ -341,6 +360,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --steps >= 0, --batch >= 1 and --scenes >= 1")
     if args.azimuth_curriculum < 0:
         p.error(f"--azimuth-curriculum {args.azimuth_curriculum}: give a number of steps >= 0 (0: off)")
+    if not 0.0 <= args.copy_pairs <= 1.0 or (args.copy_pairs > 0 and args.azimuth_curriculum == 0):
+        p.error(f"--copy-pairs {args.copy_pairs}: give a share in [0, 1], with --azimuth-curriculum STEPS "
+                "over which it falls to 0")
     try:
         Deadline(args.time_limit, args.decay_tail)
     except ValueError as e:
