@@ -29,8 +29,9 @@ The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
 the same pixel; close pairs make it worth reading before the large moves are asked for.
 ``--copy-pairs FRAC`` also makes that share of the pairs (falling to 0 over the curriculum) copies:
 target = source. Why: a 60-minute fine-tune with the azimuth curriculum alone did not change what
-the model reads (the elevation of each view still differs by up to 25 degrees), while 100 steps on
-copies alone taught it to read its input latent (``worlds/shapes3d/README.md``).
+the model reads (the elevation of each view still differs by up to 25 degrees), while a few hundred
+steps on copies alone taught it to read its input latent. Measured: it reads it while copies last and
+forgets it after (``worlds/shapes3d/README.md``).
 ``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
 (``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
 """
