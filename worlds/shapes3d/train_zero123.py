@@ -24,7 +24,7 @@ The input latent is the source view's posterior mean, unscaled as in Zero-1-to-3
 ``cc_projection``, EMA included, its VAE and its input-latent choice) instead of random weights.
 ``--azimuth-curriculum N`` draws each pair's target within a largest azimuth change that grows from
 30 to 180 degrees over the first N steps. Why: the shipped model learned to ignore its input latent
-(zeroing it, or even giving it the target's own latent, changes its loss by under 1 %;
+(zeroing it, or even giving it the target's own latent, changes its loss by under 2 %;
 ``benchmarks/zero123_probe.py``), since a source latent far in azimuth says little about the target at
 the same pixel; close pairs make it worth reading before the large moves are asked for.
 ``--copy-pairs FRAC`` also makes that share of the pairs (falling to 0 over the curriculum) copies:
