@@ -202,3 +202,9 @@ def test_new_figures_without_the_run_log_keep_the_recipe_read_from_it_before(exp
     assert "| qnerf | all | 6.500 |" in after and "No train.log was given" not in after
     card.unlink()  # with no earlier card and no log, the card says so instead
     assert "recipe and compute not recorded" in depth_card.build_card(model, None)
+
+
+def test_the_qnerf_bar_words_a_change_either_way_and_none():
+    assert depth_card._change(0.054) == "5 % lower"
+    assert depth_card._change(-0.02) == "2 % higher"
+    assert depth_card._change(-0.0001) == "no change"

@@ -275,6 +275,12 @@ def text_depth_bars(ev: dict[str, Any]) -> list[Bar]:
     return bars
 
 
+def _change(reduction: float) -> str:
+    """A relative reduction in words, rounded to whole percent ("5 % lower", "2 % higher", "no change")."""
+    pct = round(100 * reduction)
+    return f"{pct} % lower" if pct > 0 else f"{-pct} % higher" if pct < 0 else "no change"
+
+
 def qnerf_bars(q: dict[str, Any]) -> list[Bar]:
     """Issue 17's bars: QNeRF vs per-view editing on consistency, edit success and ground-truth PSNR."""
     p, o = q["methods"]["per_view"], q["methods"]["qnerf"]
@@ -287,9 +293,7 @@ def qnerf_bars(q: dict[str, Any]) -> list[Bar]:
     else:
         red = 1 - oe / pe
         cons = Bar(f"consistency error >= {BAR_QNERF_REDUCTION:.0%} below per-view",
-                   f"{_fmt(oe)} vs {_fmt(pe)}: " + (f"{100 * red:.0f} % lower" if round(100 * red) > 0
-                                                   else f"{-100 * red:.0f} % higher" if round(100 * red) < 0
-                                                   else "no change"), red >= BAR_QNERF_REDUCTION)
+                   f"{_fmt(oe)} vs {_fmt(pe)}: {_change(red)}", red >= BAR_QNERF_REDUCTION)
 
     def not_lower(key: str, label: str) -> Bar:
         a, b = o.get(key), p.get(key)

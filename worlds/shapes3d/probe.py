@@ -46,7 +46,7 @@ def conditioning_losses(parts: Zero123Parts, scenes: int = 32, pairs_per_scene: 
     source = parts.vae.encode(src_img).latent_dist.mode() * in_scale
     mirrored = poses.clone()
     mirrored[:, 1] = -mirrored[:, 1]
-    shuffled = poses[torch.roll(torch.arange(len(idx)), 1)]  # another scene's pose (a derangement)
+    shuffled = poses.roll(1, 0)  # each pair gets the previous pair's pose (its own when there is one pair)
     def tokens(pose: torch.Tensor) -> torch.Tensor:
         return condition_tokens(parts.image_encoder, parts.cc_projection, src_img, pose)
 

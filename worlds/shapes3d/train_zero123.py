@@ -201,14 +201,16 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
                ) -> None:
     deadline = Deadline(args.time_limit, args.decay_tail)
     torch.manual_seed(args.seed)
-    unet, enc, cc = build_zero123_unet(), build_image_encoder(), build_cc_projection()
-    unet, enc, cc = unet.to(device).train(), enc.to(device).train(), cc.to(device).train()
     ckpt, step = out / "unet_ckpt.pt", 0
     if args.init is not None and not ckpt.exists():
-        unet, enc, cc = (m.to(device).train() for m in load_init(args.init))
-        args.input_latent = init_record(args.init)["input_latent"]
-        log(out, {"phase": "unet", "init": str(args.init), "init_step": init_record(args.init).get("step"),
+        unet, enc, cc = load_init(args.init)
+        record = init_record(args.init)
+        args.input_latent = record["input_latent"]
+        log(out, {"phase": "unet", "init": str(args.init), "init_step": record.get("step"),
                   "input_latent": args.input_latent})
+    else:  # fresh weights, or the checkpoint's below
+        unet, enc, cc = build_zero123_unet(), build_image_encoder(), build_cc_projection()
+    unet, enc, cc = unet.to(device).train(), enc.to(device).train(), cc.to(device).train()
     params = [p for m in (unet, enc, cc) for p in m.parameters()]
     ema = [p.detach().clone() for p in params]  # an --init starts its EMA at the shipped (EMA) weights
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
@@ -295,12 +297,17 @@ def init_record(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"input_latent": "raw"}
 
 
-def load_init(folder: Path) -> tuple[UNet2DConditionModel, CLIPVisionModelWithProjection, CCProjection]:
-    """The trainable parts of an exported Zero-1-to-3 folder, in the trainer's classes."""
+def check_init(folder: Path) -> None:
+    """A clear ValueError unless ``folder`` holds the parts of an exported Zero-1-to-3 model."""
     missing = [p for p in INIT_PARTS if not (folder / p / "config.json").is_file()]
     if missing:
         raise ValueError(f"--init {folder} lacks {missing}; give a folder exported by "
                          "`python -m worlds.shapes3d.zero123` (e.g. assets/shapes3d-zero123)")
+
+
+def load_init(folder: Path) -> tuple[UNet2DConditionModel, CLIPVisionModelWithProjection, CCProjection]:
+    """The trainable parts of an exported Zero-1-to-3 folder, in the trainer's classes."""
+    check_init(folder)
     return (UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
             CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", local_files_only=True),
             CCProjection.from_pretrained(folder / "cc_projection", local_files_only=True))
@@ -377,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     device = training_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.init is not None:
-        load_init(args.init)  # one clear error before any work if the folder is not a model
+        check_init(args.init)  # one clear error before any work if the folder is not a model
         take_init_vae(args.init, args.out)
     if args.phase in ("all", "vae"):
         train_vae(args, args.out, device)
