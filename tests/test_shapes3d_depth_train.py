@@ -117,3 +117,60 @@ def test_init_from_the_2d_world_keeps_shared_words(tmp_path):
     main(["--out", str(out), "--steps", "2", "--controlnet-steps", "1", "--init-pipeline", str(shapes_sd),
           *TINY])
     assert sum("init" in r for r in _log(out)) == 1
+
+
+def test_joint_phase_starts_from_the_run_and_export_prefers_it(run, tmp_path):
+    """--phase joint: UNet, text encoder and ControlNet move together from the two phases' EMA weights;
+    the export then ships the joint weights, and its training.json names the phase."""
+    import shutil
+
+    from worlds.shapes3d.train_depth import JOINT_MODULES, trained_weights
+
+    out = tmp_path / "joint"
+    shutil.copytree(run, out)
+    before = trained_weights(out)
+    main(["--out", str(out), "--phase", "joint", "--joint-steps", "2", "--multi-object-frac", "1", *TINY])
+    records = _log(out)
+    assert any(r.get("phase") == "joint" and r.get("init") == str(out) for r in records)
+    start = next(r for r in records if r.get("phase") == "joint" and "start" in r)["start"]
+    assert start["multi_object_frac"] == 1
+    state = torch.load(out / "joint_ckpt.pt", weights_only=False)
+    assert state["step"] == 2 and set(JOINT_MODULES) <= set(state)
+    after = trained_weights(out)
+    for old, new in zip(before, after, strict=True):  # every module trained
+        assert any(not torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters(), strict=True))
+    dest = tmp_path / "exported"
+    main(["--out", str(out), "--export", str(dest)])
+    steps = json.loads((dest / "training.json").read_text())["steps"]
+    assert steps == {"unet": 2, "controlnet": 2, "joint": 2}
+    cn = ControlNetModel.from_pretrained(dest / "controlnet-depth", local_files_only=True)
+    torch.testing.assert_close(dict(cn.named_parameters())["conv_in.weight"],
+                               dict(after[2].named_parameters())["conv_in.weight"])
+
+
+def test_joint_phase_from_an_exported_folder_and_its_errors(run, tmp_path):
+    from worlds.shapes3d.train_depth import trained_weights
+
+    folder = tmp_path / "exported"
+    main(["--out", str(run), "--export", str(folder)])
+    out = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="--phase joint needs"):
+        main(["--out", str(out), "--phase", "joint", "--joint-steps", "1", *TINY])
+    main(["--out", str(out), "--phase", "joint", "--joint-steps", "1", "--init-pipeline", str(folder),
+          "--lr", "0", *TINY])
+    unet, _, cn = trained_weights(out)
+    shipped = ControlNetModel.from_pretrained(folder / "controlnet-depth")
+    for a, b in zip(cn.parameters(), shipped.parameters(), strict=True):  # lr 0: the folder's weights
+        torch.testing.assert_close(a, b)
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--multi-object-frac", "1.5"])
+
+
+def test_multi_object_views_count_the_objects_in_a_caption():
+    from worlds.shapes3d.models import build_tokenizer3d
+    from worlds.shapes3d.train_depth import multi_object_views
+
+    tok = build_tokenizer3d()
+    ids = tok(["a red cube", "a red cube and a blue sphere", "a red cube, a blue cone and a green sphere"],
+              padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    assert multi_object_views(ids).tolist() == [False, True, True]

@@ -16,7 +16,12 @@ Phases, each resumable from ``--out``:
    starts from the 2D world's weights, shared words keeping their embeddings), epsilon loss with min-SNR-5
    weights, 10 % empty captions, AdamW, EMA 0.999 -> ``unet_ckpt.pt``;
 4. ``controlnet``: a ``ControlNetModel`` initialised from the UNet's EMA weights, trained on depth
-   with the UNet and text encoder frozen -> ``controlnet_ckpt.pt``.
+   with the UNet and text encoder frozen -> ``controlnet_ckpt.pt``;
+5. ``joint`` (only with ``--phase joint``): UNet, text encoder and ControlNet fine-tuned together
+   through the depth path, which is the path the text + depth benchmark scores, from this run's two
+   checkpoints or an exported folder (``--init-pipeline DIR`` with ``controlnet-depth/``) ->
+   ``joint_ckpt.pt``, which ``--export`` then prefers. ``--multi-object-frac`` draws that fraction of
+   each batch from views of two or more objects, where colours leak from one object to the other.
 
 ``--export DIR`` writes a ``StableDiffusionPipeline`` folder with the ControlNet in
 ``DIR/controlnet-depth``; both load offline with
@@ -34,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionPipeline
 
 from worlds.finetune import Deadline, atomic_save, log, training_device
 from worlds.shapes.tokenizer import save_vocab_files
@@ -54,6 +59,8 @@ from .models import (
 )
 from .scene import sample_scene
 from .train_zero123 import DEFAULT_INIT_VAE, min_snr_weights, train_vae
+
+CONTROLNET_DIR = "controlnet-depth"
 
 
 @torch.no_grad()
@@ -94,7 +101,7 @@ def _loop(args: argparse.Namespace, out: Path, device: torch.device, data: dict[
     params = [p for name in trainable for p in modules[name].parameters()]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    gen = torch.Generator(device=device).manual_seed(args.seed + (1 if phase == "unet" else 2))
+    gen = torch.Generator(device=device).manual_seed(args.seed + PHASE_SEED_OFFSET[phase])
     ckpt, step = out / f"{phase}_ckpt.pt", 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location=device)
@@ -110,10 +117,16 @@ def _loop(args: argparse.Namespace, out: Path, device: torch.device, data: dict[
         "step": step, "target_steps": steps, "time_limit": limit, "batch": args.batch, "lr": args.lr,
         "warmup": args.warmup, "decay_tail": args.decay_tail, "ema": args.ema, "empty_prob": args.empty_prob,
         "init_pipeline": None if args.init_pipeline is None else str(args.init_pipeline),
+        "multi_object_frac": args.multi_object_frac,
         "device": str(device), "threads": args.threads}})
     sched = train_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     n, sf = data["mean"].shape[0], float(data["scaling_factor"])
+    multi = multi_object_views(data["ids"]).nonzero()[:, 0].to(device)
+    n_multi = 0 if args.multi_object_frac is None else round(args.batch * args.multi_object_frac)
+    if n_multi and not len(multi):
+        raise ValueError(f"--multi-object-frac {args.multi_object_frac}: the cache ({n} views) has no "
+                         "view of two or more objects; cache more --scenes or leave the option out")
 
     def save() -> None:
         atomic_save({**{k: modules[k].state_dict() for k in trainable}, "ema": ema, "opt": opt.state_dict(),
@@ -123,6 +136,8 @@ def _loop(args: argparse.Namespace, out: Path, device: torch.device, data: dict[
     acc = torch.zeros((), dtype=torch.float64, device=device)
     while (steps is None or step < steps) and not deadline.passed():
         idx = torch.randint(0, n, (args.batch,), generator=gen, device=device)
+        if n_multi:
+            idx[:n_multi] = multi[torch.randint(0, len(multi), (n_multi,), generator=gen, device=device)]
         mean, std = data["mean"][idx].float(), data["std"][idx].float()
         latents = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * sf  # (B, 4, 16, 16)
         drop = torch.rand(args.batch, generator=gen, device=device) < args.empty_prob
@@ -155,6 +170,15 @@ def _loop(args: argparse.Namespace, out: Path, device: torch.device, data: dict[
     save()
     log(out, {"phase": phase, "done": True, "steps": step,
               "stopped": "time_limit" if deadline.passed() else "steps"})
+
+
+PHASE_SEED_OFFSET = {"unet": 1, "controlnet": 2, "joint": 3}
+JOINT_MODULES = ["unet", "text_encoder", "controlnet"]  # the joint checkpoint's EMA order
+
+
+def multi_object_views(ids: torch.Tensor) -> torch.Tensor:
+    """(N, L) caption token ids -> (N,) bool: captions naming two or more objects (one "a" each)."""
+    return (ids == build_tokenizer3d().convert_tokens_to_ids("a</w>")).sum(1) >= 2
 
 
 def _ema_into(modules: list[torch.nn.Module], ema: list[torch.Tensor]) -> None:
@@ -203,9 +227,61 @@ def train_controlnet(args: argparse.Namespace, out: Path, device: torch.device, 
           args.controlnet_time_limit, predict)
 
 
+def _init_joint(args: argparse.Namespace, out: Path, unet: torch.nn.Module, te: torch.nn.Module,
+                cn: torch.nn.Module) -> str:
+    """Start weights of the joint phase: this run's EMA checkpoints, else ``--init-pipeline``'s folder."""
+    if (out / "unet_ckpt.pt").exists() and (out / "controlnet_ckpt.pt").exists():
+        _ema_into([unet, te], torch.load(out / "unet_ckpt.pt", weights_only=False, map_location="cpu")["ema"])
+        _ema_into([cn], torch.load(out / "controlnet_ckpt.pt", weights_only=False, map_location="cpu")["ema"])
+        return str(out)
+    folder = args.init_pipeline
+    if folder is None or not (folder / CONTROLNET_DIR / "config.json").exists():
+        raise ValueError(f"--phase joint needs {out}/unet_ckpt.pt and controlnet_ckpt.pt, or --init-pipeline "
+                         f"DIR with {CONTROLNET_DIR}/ (got {folder}); give an exported folder")
+    load_init_weights(folder, unet, te, build_tokenizer3d(), drop_unknown=True)
+    cn.load_state_dict(ControlNetModel.from_pretrained(folder / CONTROLNET_DIR).state_dict())
+    return str(folder)
+
+
+def train_joint(args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
+                ) -> None:
+    torch.manual_seed(args.seed)
+    unet, te = build_t2i_unet(), build_text_encoder3d(build_tokenizer3d())
+    cn = build_controlnet(unet)
+    if not (out / "joint_ckpt.pt").exists():
+        log(out, {"phase": "joint", "init": _init_joint(args, out, unet, te, cn)})
+    unet, te, cn = unet.to(device).train(), te.to(device).train(), cn.to(device).train()
+
+    def predict(x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+        text = te(ids)[0]
+        down, mid = cn(x, t, text, controlnet_cond=control, return_dict=False)
+        return unet(x, t, text, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid).sample
+
+    _loop(args, out, device, data, "joint", {"unet": unet, "text_encoder": te, "controlnet": cn},
+          JOINT_MODULES, args.joint_steps, args.joint_time_limit, predict)
+
+
+def trained_weights(out: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module | None]:
+    """EMA UNet, text encoder and ControlNet (None before that phase) of a run, the joint phase first."""
+    joint = out / "joint_ckpt.pt"
+    if not joint.exists():
+        unet, te = frozen_t2i(out, torch.device("cpu"))
+        cn_path = out / "controlnet_ckpt.pt"
+        if not cn_path.exists():
+            return unet, te, None
+        cn = build_controlnet(unet)
+        _ema_into([cn], torch.load(cn_path, weights_only=False, map_location="cpu")["ema"])
+        return unet, te, cn
+    unet, te = build_t2i_unet(), build_text_encoder3d(build_tokenizer3d())
+    cn = build_controlnet(unet)
+    _ema_into([unet, te, cn], torch.load(joint, weights_only=False, map_location="cpu")["ema"])
+    return unet, te, cn
+
+
 def export(out: Path, dest: Path) -> Path:
     """EMA weights -> ``dest`` (StableDiffusionPipeline) + ``dest/controlnet-depth`` (ControlNetModel)."""
-    unet, te = frozen_t2i(out, torch.device("cpu"))
+    unet, te, cn = trained_weights(out)
     tok = build_tokenizer3d()
     vae = AutoencoderKL.from_pretrained(out / "vae")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
@@ -213,13 +289,10 @@ def export(out: Path, dest: Path) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(dest, safe_serialization=True)
     save_vocab_files(dest / "tokenizer", WORDS3D)
-    cn_path = out / "controlnet_ckpt.pt"
-    if cn_path.exists():
-        cn = build_controlnet(unet)
-        _ema_into([cn], torch.load(cn_path, weights_only=False, map_location="cpu")["ema"])
-        cn.save_pretrained(dest / "controlnet-depth", safe_serialization=True)
+    if cn is not None:
+        cn.save_pretrained(dest / CONTROLNET_DIR, safe_serialization=True)
     steps = {p: torch.load(out / f"{p}_ckpt.pt", weights_only=False)["step"]
-             for p in ("unet", "controlnet") if (out / f"{p}_ckpt.pt").exists()}
+             for p in PHASE_SEED_OFFSET if (out / f"{p}_ckpt.pt").exists()}
     (dest / "training.json").write_text(json.dumps({"steps": steps}, indent=2) + "\n")
     return dest
 
@@ -243,6 +316,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ControlNet steps (target); default 10000")
     p.add_argument("--time-limit", type=float, default=None, metavar="SEC", help="text-to-image phase budget")
     p.add_argument("--controlnet-time-limit", type=float, default=None, metavar="SEC")
+    p.add_argument("--joint-steps", type=int, default=None, help="joint phase steps (target); default 5000")
+    p.add_argument("--joint-time-limit", type=float, default=None, metavar="SEC")
+    p.add_argument("--multi-object-frac", type=float, default=None, metavar="F",
+                   help="fraction of each batch from views of two or more objects (default: uniform)")
     p.add_argument("--decay-tail", type=float, default=0.3, metavar="FRAC")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-4)
@@ -253,16 +330,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-every", type=float, default=180.0)
     p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--phase", choices=["all", "vae", "cache", "unet", "controlnet"], default="all")
+    p.add_argument("--phase", choices=["all", "vae", "cache", "unet", "controlnet", "joint"], default="all")
     p.add_argument("--export", type=Path, default=None, metavar="DIR", help="export the run to DIR and stop")
     args = p.parse_args(argv)
     if args.steps is None and args.time_limit is None:
         args.steps = 20_000
     if args.controlnet_steps is None and args.controlnet_time_limit is None:
         args.controlnet_steps = 10_000
+    if args.joint_steps is None and args.joint_time_limit is None:
+        args.joint_steps = 5_000
+    if args.multi_object_frac is not None and not 0.0 <= args.multi_object_frac <= 1.0:
+        p.error(f"--multi-object-frac {args.multi_object_frac} must lie in [0, 1]")
     try:
         Deadline(args.time_limit, args.decay_tail)
         Deadline(args.controlnet_time_limit, args.decay_tail)
+        Deadline(args.joint_time_limit, args.decay_tail)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -283,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.copytree(args.vae, out / "vae")
     if args.phase in ("all", "vae"):
         train_vae(args, out, device)
-    if args.phase in ("all", "cache", "unet", "controlnet"):
+    if args.phase in ("all", "cache", "unet", "controlnet", "joint"):
         data = cache(args, out, device)
         if device.type == "cuda":
             data = {k: v.to(device) for k, v in data.items()}
@@ -291,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             train_unet(args, out, device, data)
         if args.phase in ("all", "controlnet"):
             train_controlnet(args, out, device, data)
+        if args.phase == "joint":
+            train_joint(args, out, device, data)
 
 
 if __name__ == "__main__":
