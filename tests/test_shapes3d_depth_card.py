@@ -5,6 +5,7 @@ from the eval JSON; bad inputs are one clear error."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,32 @@ def test_the_qnerf_bar_words_a_change_either_way_and_none():
     assert depth_card._change(0.054) == "5 % lower"
     assert depth_card._change(-0.02) == "2 % higher"
     assert depth_card._change(-0.0001) == "no change"
+
+
+def test_a_joint_fine_tune_of_the_shipped_weights_adds_its_section_to_the_carried_recipe(exported, tmp_path):
+    """A later `--phase joint` run from the exported folder: its log holds no base phase, so the card keeps
+    the recipe read before and appends the fine-tune (once, however often it is regenerated)."""
+    import shutil
+
+    model, log = exported
+    (model / "MODEL_CARD.md").write_text(depth_card.build_card(model, log, EVAL), encoding="utf-8")
+    tuned, run = tmp_path / "tuned", tmp_path / "ft_run"
+    shutil.copytree(model, tuned)
+    train(["--out", str(run), "--phase", "joint", "--joint-steps", "2", "--init-pipeline", str(model),
+           "--multi-object-frac", "0.5", *TINY])
+    train(["--out", str(run), "--export", str(tuned)])
+    first = depth_card.main(["--model", str(tuned), "--run-log", str(run / "train.log")]).read_text()
+    again = depth_card.main(["--model", str(tuned), "--run-log", str(run / "train.log")]).read_text()
+    ev = str(_write(tmp_path / "e.txt", EVAL))
+    kept = depth_card.main(["--model", str(tuned), "--eval", ev]).read_text()
+    for text in (first, again, kept):
+        assert text.count("## Fine-tune") == 1 and "(`unet`): 2 steps" in text
+        assert "(`joint`): 2 steps" in text and "0.5 of each batch from views of two or more" in text
+        assert f"the EMA weights of `{model}`" in text and "shipped at step 2" in text
+        assert re.search(r"for [0-9.]+ \S+ plus a [0-9.]+ s fine-tune of logged training", text)
+    assert "| two | 12 | 18 |" in kept
+    orphan = tmp_path / "orphan"
+    shutil.copytree(tuned, orphan)
+    (orphan / "MODEL_CARD.md").unlink()
+    with pytest.raises(ValueError, match="no unet or controlnet phase"):
+        depth_card.build_card(orphan, run / "train.log")

@@ -8,7 +8,9 @@ Every number of the card is read or computed here, never typed in: the architect
 and vocabulary from the folder's components (``controlnet-depth/`` included), the shipped steps from
 its ``training.json``, the recipe and compute from the run's ``train.log`` (the ``start`` line each
 invocation of ``worlds.shapes3d.train_depth`` logs per phase; without ``--run-log`` the recipe and
-compute sections of the folder's current card, written from that log before, are kept), the figures
+compute sections of the folder's current card, written from that log before, are kept; the log of a
+later ``--phase joint`` fine-tune of the shipped weights, which holds no base phase, adds a Fine-tune
+section to them), the figures
 from the last JSON line of ``benchmarks/shapes3d_eval.py`` and ``benchmarks/qnerf_eval.py``, and the
 acceptance bars of issues 15 (text + depth) and 17 (QNeRF) evaluated on those figures. The helpers
 shared with the novel-view card come from ``.card``; the worlds never import the benchmarks, so the
@@ -39,7 +41,11 @@ from .train_zero123 import min_snr_weights
 
 CONTROLNET = "controlnet-depth"
 PHASES = {"unet": "Text-to-image UNet + text encoder", "controlnet": "Depth ControlNet (UNet and text "
-          "encoder frozen)"}
+          "encoder frozen)", "joint": "Joint fine-tune (UNet, text encoder and ControlNet together, through "
+          "the depth path)"}
+BASE_PHASES = ("unet", "controlnet")  # a log with none of these is a fine-tune of the shipped weights
+FINE_TUNE = "## Fine-tune"
+FINE_TUNE_TIME = "Fine-tune time (from the logged s/step)"
 # issue 15's text + depth bars, each on the one- and two-object groups separately
 BAR_COLOUR, BAR_DEPTH, BAR_GROUPS = 0.9, 0.8, ("one", "two")
 BAR_QNERF_REDUCTION = 0.30  # issue 17: QNeRF's consistency error at least this much below per-view
@@ -49,9 +55,10 @@ QNERF_METRICS = ("consistency_error", "consistency_raw", "gt_psnr", "edit_succes
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def carried_recipe(card: Path) -> list[str]:
-    """The Recipe and Compute sections of an earlier card: a run's log is not shipped with the model, so
-    new figures must not erase what was once read from it. Empty without such a card."""
+def carried_recipe(card: Path, drop_fine_tune: bool = False) -> list[str]:
+    """The Recipe and Compute sections of an earlier card (with its Fine-tune section unless
+    ``drop_fine_tune``, when a new fine-tune log replaces it): a run's log is not shipped with the model,
+    so new figures must not erase what was once read from it. Empty without such a card."""
     if not card.is_file():
         return []
     lines = card.read_text(encoding="utf-8").splitlines()
@@ -61,6 +68,8 @@ def carried_recipe(card: Path) -> list[str]:
         return []
     if any("No train.log was given" in line for line in lines[start:end]):
         return []
+    if drop_fine_tune:
+        end = next((i for i in range(start, end) if lines[i].startswith(FINE_TUNE)), end)
     return lines[start:end]
 
 
@@ -201,11 +210,14 @@ def recipe(logs: dict[str, dict[str, Any]], shipped: dict[str, Any]) -> list[str
     """Per phase: steps, time, batch, lr, first/last logged loss, initialisation."""
     gamma = inspect.signature(min_snr_weights).parameters["gamma"].default
     out = ["## Recipe (`python -m worlds.shapes3d.train_depth`)",
-           f"Both phases: epsilon loss with min-SNR-{gamma:g} weights, AdamW with linear warm-up, EMA "
+           f"Every phase: epsilon loss with min-SNR-{gamma:g} weights, AdamW with linear warm-up, EMA "
            "weights shipped; captions dropped to empty at the rate below (for classifier-free "
            "guidance); the depth map enters as `models.depth_control` (inverse depth / its maximum).", ""]
     for phase, title in PHASES.items():
-        lg, st = logs[phase], logs[phase]["starts"]
+        lg = logs.get(phase, {"logged": False, "starts": []})
+        st = lg["starts"]
+        if phase == "joint" and not lg["logged"] and phase not in shipped:
+            continue  # the optional phase, not run
         if not lg["logged"]:
             out += [f"- **{title}** (`{phase}`): not in this log; shipped at step "
                     f"{shipped.get(phase, 'not recorded')} (`training.json`)."]
@@ -214,8 +226,11 @@ def recipe(logs: dict[str, dict[str, Any]], shipped: dict[str, Any]) -> list[str
             init = ("random initialisation" if lg["init"] is None else
                     f"`{lg['init']}` (shared words keep their embeddings; new words "
                     f"{', '.join(lg['new_words'] or []) or 'none'})")
-        else:
+        elif phase == "controlnet":
             init = "the text-to-image UNet's EMA weights (`ControlNetModel.from_unet`)"
+        else:
+            init = (f"the EMA weights of `{lg['init']}`; {_values(st, 'multi_object_frac')} of each batch "
+                    "from views of two or more objects (`--multi-object-frac`)")
         stopped = {"steps": "reached the step target", "time_limit": "stopped by the time limit"}
         state = (stopped.get(lg["stopped"], f"stopped: {lg['stopped']}") if lg["done"] else
                  "no `done` line after the last start: still running or interrupted")
@@ -243,13 +258,25 @@ def compute(records: list[dict[str, Any]], logs: dict[str, dict[str, Any]]) -> l
            f"- Cache: {cache} scenes x {TRAIN_SPEC.views} views = {cache * TRAIN_SPEC.views} images encoded "
            "(VAE posteriors, captions, depth maps).",
            f"- VAE: {_vae_line(records)}"]
-    for phase in PHASES:
-        lg = logs[phase]
+    for phase, lg in logs.items():
         if lg["logged"]:
             out.append(f"- `{phase}`: {lg['steps']} steps, {_duration(lg['seconds'])} at a median "
                        f"{_fmt(lg['s_per_step'])} s/step.")
     total = sum(lg["seconds"] for lg in logs.values())
     return out + [f"- Training time in all (from the logged s/step): {_duration(total)}.", ""]
+
+
+def fine_tune(logs: dict[str, dict[str, Any]], shipped: dict[str, Any]) -> list[str]:
+    """A later run's joint fine-tune of the shipped weights, appended to the carried Recipe and Compute."""
+    lg = logs["joint"]
+    starts = lg["starts"]
+    machines = sorted({f"{s.get('device')}, {s.get('threads')} intra-op thread(s)" for s in starts})
+    lines = [x for x in recipe(logs, shipped)[3:] if "(`joint`)" in x]  # the base phases are not logged
+    return [f"{FINE_TUNE} (`python -m worlds.shapes3d.train_depth --phase joint`, a later run)",
+            "Same loss, optimiser and EMA as above; the depth ControlNet's output feeds the UNet and all "
+            "three parts learn.", "", *lines,
+            f"Machine: {'; '.join(machines) or 'not recorded'}; {lg['steps']} steps at a median "
+            f"{_fmt(lg['s_per_step'])} s/step.", f"{FINE_TUNE_TIME}: {_duration(lg['seconds'])}.", ""]
 
 
 def _vae_line(records: list[dict[str, Any]]) -> str:
@@ -365,8 +392,13 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
     record = json.loads((model / "training.json").read_text()) if (model / "training.json").is_file() else {}
     shipped: dict[str, Any] = record.get("steps", {})
     records = read_log(run_log) if run_log is not None and run_log.is_file() else None
-    carried = carried_recipe(model / "MODEL_CARD.md") if records is None else []
     logs = {p: phase_log(records or [], p) for p in PHASES}
+    tuned_only = records is not None and not any(logs[p]["logged"] for p in BASE_PHASES)
+    carried = carried_recipe(model / "MODEL_CARD.md", drop_fine_tune=tuned_only) if (
+        records is None or tuned_only) else []
+    if tuned_only and not carried:
+        raise ValueError(f"--run-log {run_log} holds no unet or controlnet phase and {model}/MODEL_CARD.md "
+                         "has no recipe to add it to; give the log of the run that trained the base model")
     rows, total, info = architecture(model)
     mb = sum(f.stat().st_size for f in model.rglob("*") if f.is_file() and f.name != "MODEL_CARD.md") / 2**20
     size, words = info["image"], info["words"]
@@ -375,7 +407,7 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
         kwargs += f", num_inference_steps={ev.get('steps')}, guidance_scale={ev.get('cfg')}"
     devices = sorted({str(s.get("device")) for lg in logs.values() for s in lg["starts"]})
     hours = sum(lg["seconds"] for lg in logs.values())
-    init = logs["unet"]["init"] if records is not None else init_of(carried)
+    init = init_of(carried) if carried else logs["unet"]["init"]
     spec = TRAIN_SPEC
     lines = [
         f"# {model.name}: a text-to-image model with a depth ControlNet, trained on the 3D shapes world", "",
@@ -407,8 +439,9 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
         "parameters)",
         "| component | config | params |", "| --- | --- | --- |", *rows, "",
     ]
+    tuned = fine_tune(logs, shipped) if tuned_only else []
     if carried:
-        lines += carried
+        lines += carried + tuned
     elif records is None:
         lines += ["## Recipe", "No train.log was given (`--run-log`): recipe and compute not recorded; "
                   f"shipped steps {shipped or 'not recorded'} (`training.json`).", ""]
@@ -423,8 +456,8 @@ def build_card(model: Path, run_log: Path | None, ev: dict[str, Any] | None = No
         f"- Closed vocabulary of {len(words)} words: {', '.join(f'`{w}`' for w in words)}. Any other "
         "word is split into characters the model never saw.",
         f"- Small ({_params(total)} parameters) and trained on "
-        f"{' and '.join(devices) if devices else machine_of(carried)} for "
-        f"{_duration(hours) if records is not None else trained_for(carried)} of logged training: see "
+        f"{machine_of(carried) if carried else ' and '.join(devices) or 'a device not recorded'} for "
+        f"{trained_for(carried + tuned) if carried else _duration(hours)} of logged training: see "
         "the bars above for what is and is not reached.",
         "- The depth control is this world's inverse depth normalised per image (`depth_control`), not a "
         "MiDaS estimate; the text encoder is this world's own (trained from scratch"
@@ -447,9 +480,12 @@ def init_of(carried: list[str]) -> str | None:
 
 
 def trained_for(carried: list[str]) -> str:
-    """The training time of a carried Compute section ("... in all (from the logged s/step): 79.8 min.")."""
+    """The training time of a carried Compute section ("... in all (from the logged s/step): 79.8 min."),
+    plus its fine-tune's ("79.8 min plus a 40.0 min fine-tune")."""
     line = next((x for x in carried if "Training time in all" in x), None)
-    return line.rsplit(": ", 1)[1].rstrip(".") if line else "a time not recorded"
+    base = line.rsplit(": ", 1)[1].rstrip(".") if line else "a time not recorded"
+    tuned = next((x for x in carried if x.startswith(FINE_TUNE_TIME)), None)
+    return base if tuned is None else f"{base} plus a {tuned.rsplit(': ', 1)[1].rstrip('.')} fine-tune"
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -468,10 +504,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         check_model(a.model)
         ev = read_eval(a.eval) if a.eval else None
         qs = [read_qnerf(path) for path in a.qnerf]
+        text = build_card(a.model, a.run_log, ev, qs)
     except ValueError as err:
         p.error(str(err))
     out = a.model / "MODEL_CARD.md"
-    out.write_text(build_card(a.model, a.run_log, ev, qs), encoding="utf-8")
+    out.write_text(text, encoding="utf-8")
     print(out)
     return out
 
