@@ -162,6 +162,10 @@ def test_joint_phase_from_an_exported_folder_and_its_errors(run, tmp_path):
     shipped = ControlNetModel.from_pretrained(folder / "controlnet-depth")
     for a, b in zip(cn.parameters(), shipped.parameters(), strict=True):  # lr 0: the folder's weights
         torch.testing.assert_close(a, b)
+    base = json.loads((folder / "training.json").read_text())["steps"]
+    main(["--out", str(out), "--export", str(folder)])  # over the folder it started from
+    assert json.loads((folder / "training.json").read_text()) == {
+        "steps": {"joint": 1}, "fine_tuned_from": {"pipeline": str(folder), "steps": base}}
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--multi-object-frac", "1.5"])
 

@@ -20,7 +20,8 @@ Phases, each resumable from ``--out``:
 5. ``joint`` (only with ``--phase joint``): UNet, text encoder and ControlNet fine-tuned together
    through the depth path, which is the path the text + depth benchmark scores, from this run's two
    checkpoints or an exported folder (``--init-pipeline DIR`` with ``controlnet-depth/``) ->
-   ``joint_ckpt.pt``, which ``--export`` then prefers. ``--multi-object-frac`` draws that fraction of
+   ``joint_ckpt.pt``, which ``--export`` then prefers (its ``training.json`` names the folder started
+   from and that folder's steps). ``--multi-object-frac`` draws that fraction of
    each batch from views of two or more objects, where colours leak from one object to the other.
 
 ``--export DIR`` writes a ``StableDiffusionPipeline`` folder with the ControlNet in
@@ -279,8 +280,26 @@ def trained_weights(out: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.
     return unet, te, cn
 
 
+def fine_tuned_from(out: Path) -> dict | None:
+    """The exported folder a joint phase started from and that folder's own steps (from its
+    ``training.json``), so that an export of a fine-tune still records what it was built on."""
+    records = []
+    for line in (out / "train.log").read_text().splitlines() if (out / "train.log").is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line of a live run
+    init = next((r["init"] for r in records if r.get("phase") == "joint" and "init" in r), None)
+    if init is None or Path(init) == out:
+        return None
+    record = Path(init) / "training.json"
+    steps = json.loads(record.read_text()).get("steps") if record.is_file() else None
+    return {"pipeline": init, "steps": steps}
+
+
 def export(out: Path, dest: Path) -> Path:
     """EMA weights -> ``dest`` (StableDiffusionPipeline) + ``dest/controlnet-depth`` (ControlNetModel)."""
+    base = fine_tuned_from(out)  # read before ``dest`` is written: it may be the folder itself
     unet, te, cn = trained_weights(out)
     tok = build_tokenizer3d()
     vae = AutoencoderKL.from_pretrained(out / "vae")
@@ -293,7 +312,8 @@ def export(out: Path, dest: Path) -> Path:
         cn.save_pretrained(dest / CONTROLNET_DIR, safe_serialization=True)
     steps = {p: torch.load(out / f"{p}_ckpt.pt", weights_only=False)["step"]
              for p in PHASE_SEED_OFFSET if (out / f"{p}_ckpt.pt").exists()}
-    (dest / "training.json").write_text(json.dumps({"steps": steps}, indent=2) + "\n")
+    record = {"steps": steps} if base is None else {"steps": steps, "fine_tuned_from": base}
+    (dest / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return dest
 
 
