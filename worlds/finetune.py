@@ -13,6 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,6 +80,20 @@ def log(out: Path, record: dict) -> None:
     print(line, flush=True)
     with open(out / "train.log", "a") as f:
         f.write(line + "\n")
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a train.log written by ``log`` (other lines, e.g. a half-written last one of a
+    live run, are skipped)."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
 
 
 def atomic_save(obj: object, path: Path) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worlds.finetune import read_log
+
 from .data import TRAIN_SPEC
 from .models import count_parameters
 from .train_zero123 import HOLDOUT_SEED_OFFSET, VAE_SEED_OFFSET, min_snr_weights
@@ -48,19 +50,6 @@ class Bar:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of a train.log (other lines, e.g. a half-written last one, are skipped)."""
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
-
-
 def last_json_line(path: Path) -> dict[str, Any]:
     """The eval scripts print their result as the last line; a saved stdout works as well."""
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

@@ -31,9 +31,10 @@ from typing import Any
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from worlds.finetune import read_log
 from worlds.shapes.tokenizer import load_words
 
-from .card import Bar, _fmt, _params, last_json_line, read_log, repo_path, scheduler_row, vae_cell
+from .card import Bar, _fmt, _params, last_json_line, repo_path, scheduler_row, vae_cell
 from .card import compute as vae_compute
 from .data import TRAIN_SPEC
 from .models import count_parameters

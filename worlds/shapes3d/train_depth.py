@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionPipeline
 
-from worlds.finetune import Deadline, atomic_save, log, training_device
+from worlds.finetune import Deadline, atomic_save, log, read_log, training_device
 from worlds.shapes.tokenizer import save_vocab_files
 from worlds.shapes.train import load_init_weights
 
@@ -283,12 +283,7 @@ def trained_weights(out: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.
 def fine_tuned_from(out: Path) -> dict | None:
     """The exported folder a joint phase started from and that folder's own steps (from its
     ``training.json``), so that an export of a fine-tune still records what it was built on."""
-    records = []
-    for line in (out / "train.log").read_text().splitlines() if (out / "train.log").is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a torn last line of a live run
+    records = read_log(out / "train.log") if (out / "train.log").is_file() else []
     init = next((r["init"] for r in records if r.get("phase") == "joint" and "init" in r), None)
     if init is None or Path(init) == out:
         return None
