@@ -181,3 +181,23 @@ def test_init_starts_from_an_exported_model_with_its_vae_and_logs_the_curriculum
     assert [r["copy_share"] for r in steps] == [0.5, 0.495]
     with pytest.raises(ValueError, match="lacks"):
         main(["--out", str(tmp_path / "other"), "--init", str(tmp_path), *TINY])
+
+
+def test_orbit_pairs_come_from_a_second_cache_of_one_elevation_per_scene(run, tmp_path):
+    import shutil
+
+    out = tmp_path / "orbit"
+    out.mkdir()
+    for name in ("vae", "views.pt"):
+        src = run / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, out / name)
+    main(["--out", str(out), "--steps", "2", "--orbit-pairs", "0.5", "--orbit-scenes", "2", *TINY])
+    orbit = torch.load(out / "views_orbit.pt", weights_only=False)
+    assert orbit["images"].shape == (2, 12, 64, 64, 3) and orbit["mean"].shape == (2, 12, 4, 16, 16)
+    elevations = orbit["views"][..., 0]
+    assert torch.equal(elevations, elevations[:, :1].expand_as(elevations))  # one elevation per scene
+    assert elevations[0, 0] != elevations[1, 0] and orbit["views"][0, :, 1].unique().numel() == 12
+    assert torch.load(out / "unet_ckpt.pt", weights_only=False)["step"] == 2
+    for bad in (["--orbit-pairs", "1.0"], ["--orbit-pairs", "-0.1"], ["--orbit-scenes", "0"]):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", *bad])

@@ -11,6 +11,8 @@ other seeds (``cases.py``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .render import render
@@ -20,6 +22,9 @@ from .scene import SceneSpec, sample_scene
 # six views per scene at elevations 10-35, palette colours jittered +-15 per channel.
 TRAIN_SPEC = SceneSpec(n_objects=(1, 1, 2, 2, 3), disc=0.5, min_offset=0.1, size=(0.2, 0.3),
                        elevation=(10.0, 35.0), radius=2.4, views=6, colour_jitter=15)
+# The same scenes seen on an orbit: twelve views at one elevation per scene. A pair of them differs
+# in azimuth only, so a small azimuth change is a small, pose-determined move of each object.
+ORBIT_SPEC = replace(TRAIN_SPEC, views=12, shared_elevation=True)
 
 
 def render_scenes(seed: int, start: int, count: int, spec: SceneSpec = TRAIN_SPEC, size: int = 64

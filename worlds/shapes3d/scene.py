@@ -262,6 +262,7 @@ class SceneSpec:
     radius: float = 2.4
     views: int = 4
     colour_jitter: int = 0  # +- per channel; 0 keeps the palette colours exactly
+    shared_elevation: bool = False  # all views of a scene at one elevation (an orbit), azimuths random
 
 
 def _sample_object(rng: np.random.Generator, spec: SceneSpec, colour: str, placed: list[Object3D]
@@ -306,7 +307,8 @@ def sample_scene(seed: int, index: int, spec: SceneSpec = SceneSpec()) -> Scene:
     """Scene ``index`` of ``seed``, drawn from ``np.random.default_rng([seed, index])`` (regenerable alone).
 
     Objects are off the look-at point (``min_offset``..``disc``) unless ``spec.centred``; views are
-    ``spec.views`` cameras at random azimuths and elevations in ``spec.elevation``.
+    ``spec.views`` cameras at random azimuths and elevations in ``spec.elevation`` (one elevation
+    for all of them with ``spec.shared_elevation``).
     """
     if spec.centred and spec.n_objects != (1,):
         raise SceneError("SceneSpec.centred places one object at the origin; set n_objects=(1,)")
@@ -314,8 +316,9 @@ def sample_scene(seed: int, index: int, spec: SceneSpec = SceneSpec()) -> Scene:
     n = int(rng.choice(spec.n_objects))
     colours = [COLOURS[int(c)] for c in rng.choice(len(COLOURS), size=n, replace=False)]
     placed = _place(rng, spec, colours)
-    views = tuple(View(round(float(rng.uniform(*spec.elevation)), 2), round(float(rng.uniform(0, 360)), 2),
-                       spec.radius) for _ in range(spec.views))
+    shared = round(float(rng.uniform(*spec.elevation)), 2) if spec.shared_elevation else None
+    views = tuple(View(shared if shared is not None else round(float(rng.uniform(*spec.elevation)), 2),
+                       round(float(rng.uniform(0, 360)), 2), spec.radius) for _ in range(spec.views))
     return Scene(placed, views)
 
 

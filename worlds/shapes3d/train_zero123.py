@@ -32,6 +32,11 @@ target = source. Why: a 60-minute fine-tune with the azimuth curriculum alone di
 the model reads (the elevation of each view still differs by up to 25 degrees), while a few hundred
 steps on copies alone taught it to read its input latent. Measured: it reads it while copies last and
 forgets it after (``worlds/shapes3d/README.md``).
+``--orbit-pairs FRAC`` draws that share of each batch from a second cache (``views_orbit.pt``,
+``--orbit-scenes`` other scenes of ``data.ORBIT_SPEC``: twelve views at one elevation per scene).
+Why: with the curriculum and copies the model read its input latent only while copies lasted, and
+never the azimuth; a pair on one orbit differs by the azimuth alone, so a close pair is a small,
+pose-determined move of each object, the step between a copy and a distinct view.
 ``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
 (``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
 """
@@ -52,7 +57,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from worlds.finetune import Deadline, atomic_save, log, training_device
 
-from .data import TRAIN_SPEC, relative_poses, render_scenes, to_model_range
+from .data import ORBIT_SPEC, TRAIN_SPEC, relative_poses, render_scenes, to_model_range
 from .models import (
     CCProjection,
     build_cc_projection,
@@ -61,10 +66,12 @@ from .models import (
     condition_tokens,
     train_scheduler,
 )
+from .scene import SceneSpec
 
 DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
 VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
 HOLDOUT_SEED_OFFSET = 20_000  # held-out renders for the VAE's PSNR and latent scale
+ORBIT_SEED_OFFSET = 30_000  # the orbit cache (--orbit-pairs) holds other scenes than the main one
 CURRICULUM_START_DEG = 30.0  # largest azimuth change of the first curriculum step
 INIT_PARTS = ("unet", "image_encoder", "cc_projection", "vae")
 
@@ -128,27 +135,37 @@ def train_vae(args: argparse.Namespace, out: Path, device: torch.device) -> None
 
 # --------------------------------------------------------------------------------------- cache
 @torch.no_grad()
-def cache_views(args: argparse.Namespace, out: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    """Rendered views and their VAE posteriors (kept and saved on the CPU)."""
-    path = out / "views.pt"
+def cache_views(args: argparse.Namespace, out: Path, device: torch.device, spec: SceneSpec = TRAIN_SPEC,
+                seed: int | None = None, scenes: int | None = None, name: str = "views.pt"
+                ) -> dict[str, torch.Tensor]:
+    """Rendered views and their VAE posteriors (kept and saved on the CPU), built once per ``name``."""
+    path = out / name
     if path.exists():
         return torch.load(path, weights_only=False)
+    seed = args.seed if seed is None else seed
+    scenes = args.scenes if scenes is None else scenes
     vae = AutoencoderKL.from_pretrained(out / "vae").eval().to(device)
     images, views, means, stds = [], [], [], []
     chunk = 64
-    for start in range(0, args.scenes, chunk):
-        b = render_scenes(args.seed, start, min(chunk, args.scenes - start))
+    for start in range(0, scenes, chunk):
+        b = render_scenes(seed, start, min(chunk, scenes - start), spec)
         n, v = b["images"].shape[:2]
         dist = vae.encode(to_model_range(b["images"].flatten(0, 1)).to(device)).latent_dist
         images.append(b["images"])
         views.append(b["views"])
         means.append(dist.mean.half().cpu().unflatten(0, (n, v)))
         stds.append(dist.std.half().cpu().unflatten(0, (n, v)))
-        log(out, {"phase": "cache", "scenes": start + n})
+        log(out, {"phase": "cache", "file": name, "scenes": start + n})
     data = {"images": torch.cat(images), "views": torch.cat(views), "mean": torch.cat(means),
             "std": torch.cat(stds), "scaling_factor": torch.tensor(vae.config.scaling_factor)}
     atomic_save(data, path)
     return data
+
+
+def orbit_cache(args: argparse.Namespace, out: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The ``--orbit-pairs`` cache: ``--orbit-scenes`` scenes of ``ORBIT_SPEC`` (one elevation each)."""
+    return cache_views(args, out, device, ORBIT_SPEC, args.seed + ORBIT_SEED_OFFSET, args.orbit_scenes,
+                       "views_orbit.pt")
 
 
 # ---------------------------------------------------------------------------------------- UNet
@@ -197,6 +214,21 @@ def near_targets(azimuths: torch.Tensor, src: torch.Tensor, cap_deg: float, gen:
     return torch.multinomial(allowed.float(), 1, generator=gen)[:, 0]
 
 
+def draw_pairs(data: dict[str, torch.Tensor], count: int, cap_deg: float, copy: float,
+               gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``count`` training pairs from one view cache: the target's posterior mean and std, the
+    source's mean (the input latent, unscaled), the source image (B, 3, 64, 64) in [-1, 1] and the
+    relative pose (B, 4). Targets lie within ``cap_deg`` of azimuth; a ``copy`` share are the source."""
+    n_scenes, n_views = data["images"].shape[:2]
+    idx, src, tgt = sample_pairs(n_scenes, n_views, count, gen, device)
+    if cap_deg < 180.0:
+        tgt = near_targets(data["views"][idx, :, 1].to(device), src, cap_deg, gen)
+    if copy > 0:
+        tgt = torch.where(torch.rand(count, generator=gen, device=device) < copy, src, tgt)
+    return (data["mean"][idx, tgt].float(), data["std"][idx, tgt].float(), data["mean"][idx, src].float(),
+            to_model_range(data["images"][idx, src]), relative_poses(data["views"][idx], src, tgt))
+
+
 def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: dict[str, torch.Tensor]
                ) -> None:
     deadline = Deadline(args.time_limit, args.decay_tail)
@@ -227,9 +259,11 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         gen.set_state(state["gen"].cpu())  # generator states are CPU byte tensors on every device
         args.input_latent = state["args"]["input_latent"]  # the run's choice, not this command line's
         log(out, {"phase": "unet", "resumed_at": step})
+    n_orbit = round(args.orbit_pairs * args.batch)
+    orbit = orbit_cache(args, out, device) if n_orbit else {}
     if device.type == "cuda":
         data = {k: v.to(device) for k, v in data.items()}
-    n_scenes, n_views = data["images"].shape[:2]
+        orbit = {k: v.to(device) for k, v in orbit.items()}
     sf = float(data["scaling_factor"])
     in_scale = sf if args.input_latent == "scaled" else 1.0
     alphas = sched.alphas_cumprod.to(device)
@@ -244,18 +278,14 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     last_save, t0, first = time.time(), time.time(), step
     acc = torch.zeros((), dtype=torch.float64, device=device)  # loss sum on the device: no sync per step
     while (args.steps is None or step < args.steps) and not deadline.passed():
-        idx, src, tgt = sample_pairs(n_scenes, n_views, args.batch, gen, device)
         cap = azimuth_cap(step, args.azimuth_curriculum)
-        if cap < 180.0:
-            tgt = near_targets(data["views"][idx, :, 1].to(device), src, cap, gen)
         share = copy_share(step, args.copy_pairs, args.azimuth_curriculum)
-        if share > 0:
-            tgt = torch.where(torch.rand(args.batch, generator=gen, device=device) < share, src, tgt)
-        mean, std = data["mean"][idx, tgt].float(), data["std"][idx, tgt].float()
+        parts = [draw_pairs(data, args.batch - n_orbit, cap, share, gen, device)]
+        if n_orbit:
+            parts.append(draw_pairs(orbit, n_orbit, cap, share, gen, device))
+        mean, std, cond_latent, src_images, poses = (torch.cat(x) for x in zip(*parts, strict=True))
         target = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * sf  # (B, 4, 16, 16)
-        cond_latent = data["mean"][idx, src].float() * in_scale  # (B, 4, 16, 16)
-        src_images = to_model_range(data["images"][idx, src])  # (B, 3, 64, 64)
-        poses = relative_poses(data["views"][idx], src, tgt)  # (B, 4)
+        cond_latent = cond_latent * in_scale  # (B, 4, 16, 16)
         keep = (torch.rand(args.batch, generator=gen, device=device) >= args.drop_prob).float()
         tokens = condition_tokens(enc, cc, src_images, poses) * keep[:, None, None]  # (B, 1, 128)
         noise = torch.randn(target.shape, generator=gen, device=device)
@@ -361,6 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--copy-pairs", type=float, default=0.0, metavar="FRAC",
                    help="share of pairs with target = source at step 0, falling to 0 over "
                         "--azimuth-curriculum")
+    p.add_argument("--orbit-pairs", type=float, default=0.0, metavar="FRAC",
+                   help="share of each batch drawn from orbit scenes (all views at one elevation)")
+    p.add_argument("--orbit-scenes", type=int, default=2000, help="scenes (x 12 views) in the orbit cache")
     args = p.parse_args(argv)
     if args.steps is None and args.time_limit is None:
         args.steps = 20_000
@@ -371,6 +404,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.copy_pairs <= 1.0 or (args.copy_pairs > 0 and args.azimuth_curriculum == 0):
         p.error(f"--copy-pairs {args.copy_pairs}: give a share in [0, 1], with --azimuth-curriculum STEPS "
                 "over which it falls to 0")
+    if not 0.0 <= args.orbit_pairs < 1.0 or args.orbit_scenes < 1:
+        p.error(f"--orbit-pairs {args.orbit_pairs} / --orbit-scenes {args.orbit_scenes}: give a share in "
+                "[0, 1) (the rest of each batch comes from the main cache) and at least one scene")
     try:
         Deadline(args.time_limit, args.decay_tail)
     except ValueError as e:
