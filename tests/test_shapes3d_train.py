@@ -201,3 +201,12 @@ def test_orbit_pairs_come_from_a_second_cache_of_one_elevation_per_scene(run, tm
     for bad in (["--orbit-pairs", "1.0"], ["--orbit-pairs", "-0.1"], ["--orbit-scenes", "0"]):
         with pytest.raises(SystemExit):
             main(["--out", "unused", *bad])
+
+
+def test_every_scene_stream_of_the_trainer_is_distinct_from_the_probes():
+    """The probe measures on scenes no cache holds: every seed offset differs from it and from each other."""
+    from worlds.shapes3d.probe import PROBE_SEED
+    from worlds.shapes3d.train_zero123 import HOLDOUT_SEED_OFFSET, ORBIT_SEED_OFFSET, VAE_SEED_OFFSET
+
+    seeds = [0, VAE_SEED_OFFSET, HOLDOUT_SEED_OFFSET, ORBIT_SEED_OFFSET, PROBE_SEED]  # default --seed 0
+    assert len(set(seeds)) == len(seeds)

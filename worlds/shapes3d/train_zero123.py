@@ -71,7 +71,7 @@ from .scene import SceneSpec
 DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
 VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
 HOLDOUT_SEED_OFFSET = 20_000  # held-out renders for the VAE's PSNR and latent scale
-ORBIT_SEED_OFFSET = 30_000  # the orbit cache (--orbit-pairs) holds other scenes than the main one
+ORBIT_SEED_OFFSET = 40_000  # the orbit cache (--orbit-pairs): other scenes than the cache and the probe's
 CURRICULUM_START_DEG = 30.0  # largest azimuth change of the first curriculum step
 INIT_PARTS = ("unet", "image_encoder", "cc_projection", "vae")
 
