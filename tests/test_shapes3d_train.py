@@ -210,3 +210,28 @@ def test_every_scene_stream_of_the_trainer_is_distinct_from_the_probes():
 
     seeds = [0, VAE_SEED_OFFSET, HOLDOUT_SEED_OFFSET, ORBIT_SEED_OFFSET, PROBE_SEED]  # default --seed 0
     assert len(set(seeds)) == len(seeds)
+
+
+def test_layout_weights_are_min_snr_at_low_noise_and_weigh_the_x0_error_one_at_high_noise(run, tmp_path):
+    import shutil
+
+    from worlds.shapes3d.models import train_scheduler
+    from worlds.shapes3d.train_zero123 import layout_weights, min_snr_weights
+
+    alphas = train_scheduler().alphas_cumprod
+    t = torch.arange(1000)
+    snr = alphas / (1 - alphas)
+    w, m = layout_weights(alphas, t), min_snr_weights(alphas, t)
+    assert torch.allclose(w[snr >= 1], m[snr >= 1])  # min-SNR where SNR >= 1 ...
+    assert torch.allclose((w * snr)[snr < 1], torch.ones(int((snr < 1).sum())))  # ... x0 weight 1 below
+    assert (snr < 1).sum() > 300 and w[999] / m[999] > 100  # the high-noise third weighs far more
+
+    out = tmp_path / "layout"
+    shutil.copytree(run, out)
+    (out / "unet_ckpt.pt").unlink()
+    main(["--out", str(out), "--steps", "2", "--loss-weights", "x0_floor", "--t-min", "900", *TINY])
+    state = torch.load(out / "unet_ckpt.pt", weights_only=False)
+    assert state["step"] == 2 and (state["args"]["loss_weights"], state["args"]["t_min"]) == ("x0_floor", 900)
+    for bad in (["--t-min", "1000"], ["--t-min", "-1"], ["--loss-weights", "snr"]):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", *bad])

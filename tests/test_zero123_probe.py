@@ -27,6 +27,7 @@ def test_a_blinded_input_latent_and_pose_score_zero_use(parts):
     assert r["input_latent_use"] == r["target_latent_gain"] == 0.0
     assert r["pose_use"] == r["azimuth_use"] == 0.0
     assert r["token_use"] != 0.0  # the image embedding still reaches it
+    assert r["use_by_timestep"]["azimuth_use"] == r["use_by_timestep"]["pose_use"] == {"500": 0.0}
     assert r["cc_pose_column_norms"] == {"d_polar": 0.0, "sin_d_azimuth": 0.0, "cos_d_azimuth": 0.0,
                                          "d_radius": 0.0}
 
@@ -35,8 +36,12 @@ def test_a_model_that_reads_its_conditions_scores_nonzero_use(parts):
     with torch.no_grad():
         parts.unet.conv_in.weight[:, 4:] *= 50  # make the input latent loud
         parts.cc_projection.projection.weight[:, -3:-1] += 5  # and the azimuth
-    r = conditioning_losses(parts, scenes=2, pairs_per_scene=2, timesteps=(500,))
+    r = conditioning_losses(parts, scenes=2, pairs_per_scene=2, timesteps=(100, 900))
     assert r["input_latent_use"] != 0.0 and r["azimuth_use"] != 0.0 and r["pairs"] == 4
+    by_t = r["use_by_timestep"]["azimuth_use"]
+    assert set(by_t) == {"100", "900"} and by_t["900"] != 0.0
+    losses = r["losses"]  # the headline ratio is the ratio of the timestep means
+    assert r["azimuth_use"] == round(losses["mirrored_azimuth"] / losses["full"] - 1, 4)
 
 
 def test_the_benchmark_prints_the_probe_and_refuses_empty_runs(tmp_path, capsys):

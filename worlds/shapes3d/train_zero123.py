@@ -37,6 +37,9 @@ forgets it after (``worlds/shapes3d/README.md``).
 Why: with the curriculum and copies the model read its input latent only while copies lasted, and
 never the azimuth; a pair on one orbit differs by the azimuth alone, so a close pair is a small,
 pose-determined move of each object, the step between a copy and a distinct view.
+``--loss-weights x0_floor`` weighs the high-noise steps more (``layout_weights``) and ``--t-min T``
+trains on timesteps T..999 only. Why: the probe found the azimuth unread after every curriculum, and
+the min-SNR epsilon loss gives the steps that decide where objects go (SNR << 1) almost no weight.
 ``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
 (``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
 """
@@ -176,6 +179,19 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float 
     return snr.clamp(max=gamma) / snr
 
 
+def layout_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Epsilon-loss weights max(min(SNR, gamma), 1) / SNR: min-SNR, but the implied x0 error weighs
+    at least 1. Why: the epsilon loss weighs the x0 error by SNR, so at high noise (SNR << 1), where
+    the sample's layout is decided and only the conditions can say where the objects go, a wrong
+    layout costs almost nothing; here it costs as much as at SNR 1."""
+    ac = alphas_cumprod.to(t.device)[t]
+    snr = ac / (1 - ac)
+    return snr.clamp(max=gamma).clamp(min=1.0) / snr
+
+
+LOSS_WEIGHTS = {"min_snr": min_snr_weights, "x0_floor": layout_weights}
+
+
 def sample_pairs(n_scenes: int, n_views: int, batch: int, gen: torch.Generator, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scene indices and two distinct view indices per sample, each (B,)."""
@@ -267,6 +283,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     sf = float(data["scaling_factor"])
     in_scale = sf if args.input_latent == "scaled" else 1.0
     alphas = sched.alphas_cumprod.to(device)
+    weights = LOSS_WEIGHTS[args.loss_weights]
 
     def save() -> None:
         atomic_save({"unet": unet.state_dict(), "image_encoder": enc.state_dict(),
@@ -289,10 +306,11 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         keep = (torch.rand(args.batch, generator=gen, device=device) >= args.drop_prob).float()
         tokens = condition_tokens(enc, cc, src_images, poses) * keep[:, None, None]  # (B, 1, 128)
         noise = torch.randn(target.shape, generator=gen, device=device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen, device=device)
+        t = torch.randint(args.t_min, sched.config.num_train_timesteps, (args.batch,), generator=gen,
+                          device=device)
         noisy = sched.add_noise(target, noise, t)
         pred = unet(torch.cat([noisy, cond_latent * keep[:, None, None, None]], 1), t, tokens).sample
-        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * min_snr_weights(alphas, t)).mean()
+        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * weights(alphas, t)).mean()
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * deadline.lr_factor()
         for g in opt.param_groups:
             g["lr"] = lr
@@ -394,7 +412,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--orbit-pairs", type=float, default=0.0, metavar="FRAC",
                    help="share of each batch drawn from orbit scenes (all views at one elevation)")
     p.add_argument("--orbit-scenes", type=int, default=2000, help="scenes (x 12 views) in the orbit cache")
+    p.add_argument("--loss-weights", choices=sorted(LOSS_WEIGHTS), default="min_snr",
+                   help="epsilon-loss weights: min-SNR-5, or x0_floor (high-noise steps weigh more)")
+    p.add_argument("--t-min", type=int, default=0, metavar="T",
+                   help="train on timesteps T..999 only (0: all); the high-noise steps decide the layout")
     args = p.parse_args(argv)
+    if not 0 <= args.t_min < 1000:
+        p.error(f"--t-min {args.t_min}: give a timestep in [0, 999] (0 trains on all)")
     if args.steps is None and args.time_limit is None:
         args.steps = 20_000
     if (args.steps is not None and args.steps < 0) or args.batch < 1 or args.scenes < 1:
