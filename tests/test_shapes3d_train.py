@@ -235,3 +235,43 @@ def test_layout_weights_are_min_snr_at_low_noise_and_weigh_the_x0_error_one_at_h
     for bad in (["--t-min", "1000"], ["--t-min", "-1"], ["--loss-weights", "snr"]):
         with pytest.raises(SystemExit):
             main(["--out", "unused", *bad])
+
+
+def test_front_pairs_start_facing_the_one_object_which_then_moves_against_sin_d_azimuth(run, tmp_path):
+    import dataclasses
+    import shutil
+
+    from worlds.shapes3d.data import ORBIT_SPEC
+    from worlds.shapes3d.render import render
+    from worlds.shapes3d.scene import sample_scene
+    from worlds.shapes3d.train_zero123 import facing_views
+
+    scenes = [sample_scene(5, i, ORBIT_SPEC) for i in range(16)]
+    views = torch.tensor([[[v.elevation, v.azimuth, v.radius] for v in s.views] for s in scenes])
+    idx, src = facing_views(5, 16, views)
+    assert len(idx) >= 3 and all(len(scenes[i].objects) == 1 for i in idx.tolist())
+
+    def column(scene, view) -> float:  # the object's mean image column
+        mask = render(scene.objects, view, size=64).masks[0].float().sum(0)
+        return float((mask * torch.arange(64.0)).sum() / mask.sum())
+
+    for i, s in zip(idx.tolist(), src.tolist(), strict=True):
+        view = scenes[i].views[s]
+        centre = column(scenes[i], view)
+        assert abs(centre - 31.5) < 8  # in front of the look-at point: near the middle column
+        left = column(scenes[i], dataclasses.replace(view, azimuth=view.azimuth + 60))
+        right = column(scenes[i], dataclasses.replace(view, azimuth=view.azimuth - 60))
+        assert left < centre < right and right - left > 6  # sin d azimuth alone says which way
+
+    out = tmp_path / "front"
+    out.mkdir()
+    for name in ("vae", "views.pt"):
+        src_path = run / name
+        (shutil.copytree if src_path.is_dir() else shutil.copy)(src_path, out / name)
+    main(["--out", str(out), "--steps", "2", "--front-pairs", "0.5", "--orbit-scenes", "6", *TINY])
+    assert torch.load(out / "unet_ckpt.pt", weights_only=False)["args"]["front_pairs"] == 0.5
+    for bad in (["--front-pairs", "-0.5"], ["--front-pairs", "0.5", "--orbit-pairs", "0.5"]):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused", *bad])
+    with pytest.raises(ValueError, match="none of the 0 orbit scenes has one object"):
+        facing_views(5, 0, views)

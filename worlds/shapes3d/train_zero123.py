@@ -40,6 +40,11 @@ pose-determined move of each object, the step between a copy and a distinct view
 ``--loss-weights x0_floor`` weighs the high-noise steps more (``layout_weights``) and ``--t-min T``
 trains on timesteps T..999 only. Why: the probe found the azimuth unread after every curriculum, and
 the min-SNR epsilon loss gives the steps that decide where objects go (SNR << 1) almost no weight.
+``--front-pairs FRAC`` draws that share of each batch from the orbit cache's one-object scenes, each
+seen first from the view whose camera faces its object. Why: averaged over where objects stand, a
+change of azimuth moves them in no one direction, so the pose's sine has no first-order effect for
+the model to pick up (the elevation change, which shifts the whole view, was learned; the azimuth
+never was); from the facing view the object moves sideways by its distance times -sin d azimuth.
 ``--time-limit`` stops the UNet phase and decays the learning rate over its last ``--decay-tail``
 (``worlds.finetune.Deadline``). Losses go to ``train.log`` (one JSON object per line).
 """
@@ -69,7 +74,7 @@ from .models import (
     condition_tokens,
     train_scheduler,
 )
-from .scene import SceneSpec
+from .scene import SceneSpec, sample_scene
 
 DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
 VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
@@ -230,13 +235,39 @@ def near_targets(azimuths: torch.Tensor, src: torch.Tensor, cap_deg: float, gen:
     return torch.multinomial(allowed.float(), 1, generator=gen)[:, 0]
 
 
+def facing_views(seed: int, scenes: int, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-object scenes among ``sample_scene(seed, 0..scenes-1, ORBIT_SPEC)`` and, for each, the
+    view whose camera faces its object (camera azimuth nearest the object's bearing from the origin):
+    (scene indices (K,), view indices (K,)). ``views`` (N, V, 3) are the cache's, for the azimuths."""
+    idx, src = [], []
+    for i in range(scenes):
+        objects = sample_scene(seed, i, ORBIT_SPEC).objects
+        if len(objects) != 1:
+            continue
+        x, y = objects[0].position
+        bearing = math.degrees(math.atan2(y, x))
+        gap = ((views[i, :, 1] - bearing + 180.0) % 360.0 - 180.0).abs()
+        idx.append(i)
+        src.append(int(gap.argmin()))
+    if not idx:
+        raise ValueError(f"--front-pairs: none of the {scenes} orbit scenes has one object; "
+                         "give more --orbit-scenes")
+    return torch.tensor(idx), torch.tensor(src)
+
+
 def draw_pairs(data: dict[str, torch.Tensor], count: int, cap_deg: float, copy: float,
-               gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+               gen: torch.Generator, device: torch.device,
+               facing: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """``count`` training pairs from one view cache: the target's posterior mean and std, the
     source's mean (the input latent, unscaled), the source image (B, 3, 64, 64) in [-1, 1] and the
-    relative pose (B, 4). Targets lie within ``cap_deg`` of azimuth; a ``copy`` share are the source."""
+    relative pose (B, 4). Targets lie within ``cap_deg`` of azimuth; a ``copy`` share are the source.
+    With ``facing`` (``facing_views``), the pairs come from those scenes, each from its facing view."""
     n_scenes, n_views = data["images"].shape[:2]
     idx, src, tgt = sample_pairs(n_scenes, n_views, count, gen, device)
+    if facing is not None:
+        pick = torch.randint(0, len(facing[0]), (count,), generator=gen, device=device)
+        idx, src = facing[0].to(device)[pick], facing[1].to(device)[pick]
+        tgt = (src + torch.randint(1, n_views, (count,), generator=gen, device=device)) % n_views
     if cap_deg < 180.0:
         tgt = near_targets(data["views"][idx, :, 1].to(device), src, cap_deg, gen)
     if copy > 0:
@@ -276,7 +307,10 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         args.input_latent = state["args"]["input_latent"]  # the run's choice, not this command line's
         log(out, {"phase": "unet", "resumed_at": step})
     n_orbit = round(args.orbit_pairs * args.batch)
-    orbit = orbit_cache(args, out, device) if n_orbit else {}
+    n_front = round(args.front_pairs * args.batch)
+    orbit = orbit_cache(args, out, device) if n_orbit or n_front else {}
+    facing = (facing_views(args.seed + ORBIT_SEED_OFFSET, args.orbit_scenes, orbit["views"]) if n_front
+              else None)
     if device.type == "cuda":
         data = {k: v.to(device) for k, v in data.items()}
         orbit = {k: v.to(device) for k, v in orbit.items()}
@@ -297,9 +331,11 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     while (args.steps is None or step < args.steps) and not deadline.passed():
         cap = azimuth_cap(step, args.azimuth_curriculum)
         share = copy_share(step, args.copy_pairs, args.azimuth_curriculum)
-        parts = [draw_pairs(data, args.batch - n_orbit, cap, share, gen, device)]
+        parts = [draw_pairs(data, args.batch - n_orbit - n_front, cap, share, gen, device)]
         if n_orbit:
             parts.append(draw_pairs(orbit, n_orbit, cap, share, gen, device))
+        if n_front:
+            parts.append(draw_pairs(orbit, n_front, cap, share, gen, device, facing))
         mean, std, cond_latent, src_images, poses = (torch.cat(x) for x in zip(*parts, strict=True))
         target = (mean + std * torch.randn(mean.shape, generator=gen, device=device)) * sf  # (B, 4, 16, 16)
         cond_latent = cond_latent * in_scale  # (B, 4, 16, 16)
@@ -416,7 +452,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epsilon-loss weights: min-SNR-5, or x0_floor (high-noise steps weigh more)")
     p.add_argument("--t-min", type=int, default=0, metavar="T",
                    help="train on timesteps T..999 only (0: all); the high-noise steps decide the layout")
+    p.add_argument("--front-pairs", type=float, default=0.0, metavar="FRAC",
+                   help="share of each batch from one-object orbit scenes, seen from the view facing "
+                        "the object (its move then follows sin d azimuth alone)")
     args = p.parse_args(argv)
+    if not 0.0 <= args.front_pairs < 1.0 or args.orbit_pairs + args.front_pairs >= 1.0:
+        p.error(f"--front-pairs {args.front_pairs} with --orbit-pairs {args.orbit_pairs}: give shares in "
+                "[0, 1) that leave part of each batch to the main cache")
     if not 0 <= args.t_min < 1000:
         p.error(f"--t-min {args.t_min}: give a timestep in [0, 999] (0 trains on all)")
     if args.steps is None and args.time_limit is None:
