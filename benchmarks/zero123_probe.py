@@ -9,7 +9,9 @@ input latent zeroed or replaced by the target's own, with the token zeroed, with
 and with the azimuth mirrored. Ratios above 0 say the model uses a condition:
 ``input_latent_use`` (zeroed input latent), ``target_latent_gain`` (how much a perfect input latent
 would help), ``token_use``, ``pose_use`` (shuffled poses) and ``azimuth_use`` (mirrored azimuth),
-with the ``cc_projection`` weight norms of the pose columns. The last line is one JSON object.
+with the ``cc_projection`` weight norms of the pose columns. ``--facing`` probes one-object scenes
+from the view facing the object instead, where the sign of sin d azimuth alone says which way the
+object moves. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=4, help="view pairs per scene")
     p.add_argument("--seed", type=int, default=PROBE_SEED)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--facing", action="store_true",
+                   help="one-object orbit scenes seen from the view facing the object: sin d azimuth alone "
+                        "says which way it moves")
     args = p.parse_args(argv)
     if args.scenes < 1 or args.pairs < 1:
         p.error(f"--scenes {args.scenes} --pairs {args.pairs}: both must be >= 1")
@@ -47,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    result = conditioning_losses(load_parts(args.model), args.scenes, args.pairs, args.seed)
+    result = conditioning_losses(load_parts(args.model), args.scenes, args.pairs, args.seed,
+                                 facing=args.facing)
     result.update(model=str(args.model), seconds=round(time.perf_counter() - start, 2),
                   torch=torch.__version__)
     print(json.dumps(result))

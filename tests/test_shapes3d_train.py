@@ -241,14 +241,12 @@ def test_front_pairs_start_facing_the_one_object_which_then_moves_against_sin_d_
     import dataclasses
     import shutil
 
-    from worlds.shapes3d.data import ORBIT_SPEC
+    from worlds.shapes3d.data import ORBIT_SPEC, facing_views
     from worlds.shapes3d.render import render
     from worlds.shapes3d.scene import sample_scene
-    from worlds.shapes3d.train_zero123 import facing_views
 
     scenes = [sample_scene(5, i, ORBIT_SPEC) for i in range(16)]
-    views = torch.tensor([[[v.elevation, v.azimuth, v.radius] for v in s.views] for s in scenes])
-    idx, src = facing_views(5, 16, views)
+    idx, src = facing_views(5, 16)
     assert len(idx) >= 3 and all(len(scenes[i].objects) == 1 for i in idx.tolist())
 
     def column(scene, view) -> float:  # the object's mean image column
@@ -273,5 +271,5 @@ def test_front_pairs_start_facing_the_one_object_which_then_moves_against_sin_d_
     for bad in (["--front-pairs", "-0.5"], ["--front-pairs", "0.5", "--orbit-pairs", "0.5"]):
         with pytest.raises(SystemExit):
             main(["--out", "unused", *bad])
-    with pytest.raises(ValueError, match="none of the 0 orbit scenes has one object"):
-        facing_views(5, 0, views)
+    with pytest.raises(ValueError, match="none of the 0 scenes of seed 5 has one object"):
+        facing_views(5, 0)

@@ -57,3 +57,15 @@ def test_the_benchmark_prints_the_probe_and_refuses_empty_runs(tmp_path, capsys)
         bench.main(["--scenes", "0"])
     with pytest.raises(ValueError, match="pairs_per_scene=0"):
         conditioning_losses(load_parts(MODEL), scenes=1, pairs_per_scene=0)
+
+
+def test_the_facing_probe_pairs_each_one_object_scene_from_its_facing_view(parts):
+    from worlds.shapes3d.data import facing_views
+
+    r = conditioning_losses(parts, scenes=3, pairs_per_scene=2, timesteps=(900,), facing=True)
+    assert r["pairs"] == 6 and r["pairs_from"] == "facing"
+    assert len(facing_views(r["seed"], 12)[0]) >= 3  # enough one-object scenes among the first 12
+    with torch.no_grad():
+        parts.cc_projection.projection.weight[:, -4:] = 0  # a model blind to the pose
+    blind = conditioning_losses(parts, scenes=3, pairs_per_scene=2, timesteps=(900,), facing=True)
+    assert blind["azimuth_use"] == blind["pose_use"] == 0.0

@@ -11,6 +11,7 @@ other seeds (``cases.py``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -53,3 +54,23 @@ def relative_poses(views: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor) ->
     d_polar = torch.deg2rad(s[:, 0] - t[:, 0])  # polar = 90 - elevation
     d_az = torch.deg2rad(t[:, 1] - s[:, 1])
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), t[:, 2] - s[:, 2]], -1)
+
+
+def facing_views(seed: int, scenes: int, spec: SceneSpec = ORBIT_SPEC) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-object scenes among ``sample_scene(seed, 0..scenes-1, spec)`` and, for each, the view
+    whose camera faces its object (camera azimuth nearest the object's bearing from the origin):
+    (scene indices (K,), view indices (K,)). From there the object stands between the camera and
+    the look-at point, and a change of azimuth moves it sideways by its distance times -sin d azimuth."""
+    idx, src = [], []
+    for i in range(scenes):
+        scene = sample_scene(seed, i, spec)
+        if len(scene.objects) != 1:
+            continue
+        x, y = scene.objects[0].position
+        bearing = math.degrees(math.atan2(y, x))
+        gaps = [abs((v.azimuth - bearing + 180.0) % 360.0 - 180.0) for v in scene.views]
+        idx.append(i)
+        src.append(gaps.index(min(gaps)))
+    if not idx:
+        raise ValueError(f"none of the {scenes} scenes of seed {seed} has one object; give more scenes")
+    return torch.tensor(idx), torch.tensor(src)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import TRAIN_SPEC, relative_poses, render_scenes, to_model_range
+from .data import ORBIT_SPEC, TRAIN_SPEC, facing_views, relative_poses, render_scenes, to_model_range
 from .models import condition_tokens
 from .zero123 import Zero123Parts
 
@@ -31,18 +31,26 @@ USE_RATIOS = {"input_latent_use": "zero_input_latent", "token_use": "zero_token"
 
 @torch.no_grad()
 def conditioning_losses(parts: Zero123Parts, scenes: int = 32, pairs_per_scene: int = 4,
-                        seed: int = PROBE_SEED, timesteps: tuple[int, ...] = TIMESTEPS) -> dict:
+                        seed: int = PROBE_SEED, timesteps: tuple[int, ...] = TIMESTEPS,
+                        facing: bool = False) -> dict:
     """Mean epsilon MSE per condition over ``scenes`` x ``pairs_per_scene`` pairs and ``timesteps``,
-    the same noise for every condition, and the usage ratios derived from them."""
+    the same noise for every condition, and the usage ratios derived from them. ``facing``: one-object
+    orbit scenes, each pair from the view facing the object (``data.facing_views``), where the sign
+    of sin d azimuth alone says which way the object moves: the easiest azimuth to read."""
     if scenes < 1 or pairs_per_scene < 1 or not timesteps:
         raise ValueError(f"scenes={scenes}, pairs_per_scene={pairs_per_scene}, timesteps={timesteps}: "
                          "need at least one of each")
-    batch = render_scenes(seed, 0, scenes, TRAIN_SPEC)
-    images = to_model_range(batch["images"])  # (S, V, 3, H, W)
-    n_views = images.shape[1]
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.arange(scenes).repeat_interleave(pairs_per_scene)
-    src = torch.randint(0, n_views, (len(idx),), generator=gen)
+    if facing:
+        chosen, facing_src = (x[:scenes] for x in facing_views(seed, 4 * scenes))
+        singles = [render_scenes(seed, i, 1, ORBIT_SPEC) for i in chosen.tolist()]
+        batch = {k: torch.cat([b[k] for b in singles]) for k in ("images", "views")}
+    else:
+        batch = render_scenes(seed, 0, scenes, TRAIN_SPEC)
+    images = to_model_range(batch["images"])  # (S, V, 3, H, W)
+    n_scenes, n_views = images.shape[:2]
+    idx = torch.arange(n_scenes).repeat_interleave(pairs_per_scene)
+    src = facing_src[idx] if facing else torch.randint(0, n_views, (len(idx),), generator=gen)
     tgt = (src + torch.randint(1, n_views, (len(idx),), generator=gen)) % n_views
     poses = relative_poses(batch["views"][idx], src, tgt)  # (B, 4)
     sf = parts.vae.config.scaling_factor
@@ -89,5 +97,6 @@ def conditioning_losses(parts: Zero123Parts, scenes: int = 32, pairs_per_scene: 
         "cc_embedding_column_norm_mean": round(weight[:, :-4].norm(dim=0).mean().item(), 4),
         "use_by_timestep": {use: {str(t): round(per_t[name][t] / per_t["full"][t] - 1, 4) for t in timesteps}
                             for use, name in USE_RATIOS.items()},
-        "pairs": len(idx), "timesteps": list(timesteps), "seed": seed,
+        "pairs": len(idx), "pairs_from": "facing" if facing else "training", "timesteps": list(timesteps),
+        "seed": seed,
     }

@@ -65,7 +65,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from worlds.finetune import Deadline, atomic_save, log, training_device
 
-from .data import ORBIT_SPEC, TRAIN_SPEC, relative_poses, render_scenes, to_model_range
+from .data import ORBIT_SPEC, TRAIN_SPEC, facing_views, relative_poses, render_scenes, to_model_range
 from .models import (
     CCProjection,
     build_cc_projection,
@@ -74,7 +74,7 @@ from .models import (
     condition_tokens,
     train_scheduler,
 )
-from .scene import SceneSpec, sample_scene
+from .scene import SceneSpec
 
 DEFAULT_INIT_VAE = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd" / "vae"
 VAE_SEED_OFFSET = 10_000  # the VAE sees other scenes than the cache
@@ -235,26 +235,6 @@ def near_targets(azimuths: torch.Tensor, src: torch.Tensor, cap_deg: float, gen:
     return torch.multinomial(allowed.float(), 1, generator=gen)[:, 0]
 
 
-def facing_views(seed: int, scenes: int, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one-object scenes among ``sample_scene(seed, 0..scenes-1, ORBIT_SPEC)`` and, for each, the
-    view whose camera faces its object (camera azimuth nearest the object's bearing from the origin):
-    (scene indices (K,), view indices (K,)). ``views`` (N, V, 3) are the cache's, for the azimuths."""
-    idx, src = [], []
-    for i in range(scenes):
-        objects = sample_scene(seed, i, ORBIT_SPEC).objects
-        if len(objects) != 1:
-            continue
-        x, y = objects[0].position
-        bearing = math.degrees(math.atan2(y, x))
-        gap = ((views[i, :, 1] - bearing + 180.0) % 360.0 - 180.0).abs()
-        idx.append(i)
-        src.append(int(gap.argmin()))
-    if not idx:
-        raise ValueError(f"--front-pairs: none of the {scenes} orbit scenes has one object; "
-                         "give more --orbit-scenes")
-    return torch.tensor(idx), torch.tensor(src)
-
-
 def draw_pairs(data: dict[str, torch.Tensor], count: int, cap_deg: float, copy: float,
                gen: torch.Generator, device: torch.device,
                facing: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
@@ -309,8 +289,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     n_orbit = round(args.orbit_pairs * args.batch)
     n_front = round(args.front_pairs * args.batch)
     orbit = orbit_cache(args, out, device) if n_orbit or n_front else {}
-    facing = (facing_views(args.seed + ORBIT_SEED_OFFSET, args.orbit_scenes, orbit["views"]) if n_front
-              else None)
+    facing = facing_views(args.seed + ORBIT_SEED_OFFSET, args.orbit_scenes) if n_front else None
     if device.type == "cuda":
         data = {k: v.to(device) for k, v in data.items()}
         orbit = {k: v.to(device) for k, v in orbit.items()}
