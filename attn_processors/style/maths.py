@@ -61,7 +61,8 @@ def contrast(probs: Tensor, strength: float, mode: ContrastMode = "row_wise") ->
     if mode == "row_wise":
         mean = probs.mean(-1, keepdim=True)
         out = ((probs - mean) * strength + mean).clamp(0.0, 1.0)
-        return out * (probs.sum(-1, keepdim=True) / out.sum(-1, keepdim=True).clamp_min(1e-12))
+        out = out * (probs.sum(-1, keepdim=True) / out.sum(-1, keepdim=True).clamp_min(1e-12))
+        return out.clamp_max(1.0)  # a row of one clipped peak: a softmax sum of 1 + 1 ulp lifts it over 1
     if mode != "reference_quirk":
         raise ValueError(f"contrast mode {mode!r}; use 'row_wise' or 'reference_quirk'")
     if probs.shape[-1] != probs.shape[-2]:
