@@ -4,7 +4,8 @@
 #   A. the style model assets/shapes-style-sd (issue 18): the shapes-sd VAE fine-tuned on styled renders
 #      (flat, outline, hatched, dotted; STYLE_VAE_S seconds), a fresh styled latent cache, then the UNet +
 #      text encoder fine-tuned from assets/shapes-sd on "..., <style> style" captions until TRAIN_END;
-#   B. the 3D world's Zero-1-to-3 model assets/shapes3d-zero123 (issue 15): view cache, UNet until TRAIN_END;
+#   B. the 3D world's Zero-1-to-3 model assets/shapes3d-zero123 (issue 15): view cache, UNet until TRAIN_END
+#      (x0_floor loss weights: the best of the CPU fine-tunes, worlds/shapes3d/README.md);
 #   C. the 3D world's text+depth model assets/shapes3d-sd with controlnet-depth/: cache, the text-to-image
 #      UNet for T2I_SHARE % of what is left, then the depth ControlNet until TRAIN_END.
 # B and C share one 3D VAE: VAE3D (default assets/shapes3d-vae, the CPU-trained one in the repository) when
@@ -85,7 +86,8 @@ run zero123_vae $PY "${Z[@]}" --phase vae --vae-steps "$VAE3D_STEPS" --eval-scen
 # ---- B. Zero-1-to-3: cache, UNet
 (
   run zero123_cache $PY "${Z[@]}" --phase cache || exit 1
-  run zero123_unet $PY "${Z[@]}" --phase unet --batch "$BATCH3D" --time-limit "$(left)" --decay-tail 0.3
+  run zero123_unet $PY "${Z[@]}" --phase unet --batch "$BATCH3D" --time-limit "$(left)" --decay-tail 0.3 \
+    --loss-weights x0_floor
 ) &
 BPID=$!
 
