@@ -435,7 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of each batch from one-object orbit scenes, seen from the view facing "
                         "the object (its move then follows sin d azimuth alone)")
     args = p.parse_args(argv)
-    if not 0.0 <= args.front_pairs < 1.0 or args.orbit_pairs + args.front_pairs >= 1.0:
+    if not 0.0 <= args.front_pairs < 1.0 or (args.front_pairs and args.orbit_pairs + args.front_pairs >= 1):
         p.error(f"--front-pairs {args.front_pairs} with --orbit-pairs {args.orbit_pairs}: give shares in "
                 "[0, 1) that leave part of each batch to the main cache")
     if not 0 <= args.t_min < 1000:
