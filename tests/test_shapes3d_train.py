@@ -18,6 +18,16 @@ def _log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "train.log").read_text().splitlines()]
 
 
+def _fresh_unet_run(run, out):
+    """A new run folder with ``run``'s VAE and view cache but no UNet checkpoint."""
+    import shutil
+
+    out.mkdir()
+    shutil.copytree(run / "vae", out / "vae")
+    shutil.copy(run / "views.pt", out / "views.pt")
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("z123")
@@ -184,13 +194,8 @@ def test_init_starts_from_an_exported_model_with_its_vae_and_logs_the_curriculum
 
 
 def test_orbit_pairs_come_from_a_second_cache_of_one_elevation_per_scene(run, tmp_path):
-    import shutil
 
-    out = tmp_path / "orbit"
-    out.mkdir()
-    for name in ("vae", "views.pt"):
-        src = run / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, out / name)
+    out = _fresh_unet_run(run, tmp_path / "orbit")
     main(["--out", str(out), "--steps", "2", "--orbit-pairs", "0.5", "--orbit-scenes", "2", *TINY])
     orbit = torch.load(out / "views_orbit.pt", weights_only=False)
     assert orbit["images"].shape == (2, 12, 64, 64, 3) and orbit["mean"].shape == (2, 12, 4, 16, 16)
@@ -239,7 +244,6 @@ def test_layout_weights_are_min_snr_at_low_noise_and_weigh_the_x0_error_one_at_h
 
 def test_front_pairs_start_facing_the_one_object_which_then_moves_against_sin_d_azimuth(run, tmp_path):
     import dataclasses
-    import shutil
 
     from worlds.shapes3d.data import ORBIT_SPEC, facing_views
     from worlds.shapes3d.render import render
@@ -261,11 +265,7 @@ def test_front_pairs_start_facing_the_one_object_which_then_moves_against_sin_d_
         right = column(scenes[i], dataclasses.replace(view, azimuth=view.azimuth - 60))
         assert left < centre < right and right - left > 6  # sin d azimuth alone says which way
 
-    out = tmp_path / "front"
-    out.mkdir()
-    for name in ("vae", "views.pt"):
-        src_path = run / name
-        (shutil.copytree if src_path.is_dir() else shutil.copy)(src_path, out / name)
+    out = _fresh_unet_run(run, tmp_path / "front")
     main(["--out", str(out), "--steps", "2", "--front-pairs", "0.5", "--orbit-scenes", "6", *TINY])
     assert torch.load(out / "unet_ckpt.pt", weights_only=False)["args"]["front_pairs"] == 0.5
     for bad in (["--front-pairs", "-0.5"], ["--front-pairs", "0.5", "--orbit-pairs", "0.5"]):

@@ -246,7 +246,7 @@ def draw_pairs(data: dict[str, torch.Tensor], count: int, cap_deg: float, copy: 
     idx, src, tgt = sample_pairs(n_scenes, n_views, count, gen, device)
     if facing is not None:
         pick = torch.randint(0, len(facing[0]), (count,), generator=gen, device=device)
-        idx, src = facing[0].to(device)[pick], facing[1].to(device)[pick]
+        idx, src = facing[0][pick], facing[1][pick]
         tgt = (src + torch.randint(1, n_views, (count,), generator=gen, device=device)) % n_views
     if cap_deg < 180.0:
         tgt = near_targets(data["views"][idx, :, 1].to(device), src, cap_deg, gen)
@@ -289,7 +289,8 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
     n_orbit = round(args.orbit_pairs * args.batch)
     n_front = round(args.front_pairs * args.batch)
     orbit = orbit_cache(args, out, device) if n_orbit or n_front else {}
-    facing = facing_views(args.seed + ORBIT_SEED_OFFSET, args.orbit_scenes) if n_front else None
+    facing = (tuple(x.to(device) for x in facing_views(args.seed + ORBIT_SEED_OFFSET, args.orbit_scenes))
+              if n_front else None)  # on the device once, not per step
     if device.type == "cuda":
         data = {k: v.to(device) for k, v in data.items()}
         orbit = {k: v.to(device) for k, v in orbit.items()}
