@@ -177,7 +177,8 @@ def edit_depths(src: list[RenderOutput], gt: list[RenderOutput], control: str,
 
 
 def run_scene(pipe: MultiViewEditPipeline, scene: Scene, edit: dict[str, str], where: str,
-              args: argparse.Namespace) -> dict[str, Any]:
+              args: argparse.Namespace, **pipe_kw: Any) -> dict[str, Any]:
+    """Every method of ``args.methods`` on one scene; ``pipe_kw`` go to each pipeline call."""
     target, index = edited_scene(scene, edit, where)
     views = scene.views[: args.views] if args.views else scene.views
     src = [render(scene.objects, v, size=args.size) for v in views]
@@ -205,7 +206,7 @@ def run_scene(pipe: MultiViewEditPipeline, scene: Scene, edit: dict[str, str], w
         config = configs[method]
         start = time.perf_counter()
         result = pipe(images, cameras, scene_caption(scene.objects), scene_caption(target.objects),
-                      qnerf=config, generator=torch.Generator().manual_seed(args.seed), **kw)
+                      qnerf=config, generator=torch.Generator().manual_seed(args.seed), **kw, **pipe_kw)
         seconds = time.perf_counter() - start
         rgb = [(x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8) for x in result.images]
         out[method] = {**score(rgb, gt, colours, index, floor), "seconds": seconds,
@@ -349,6 +350,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_pipe(args: argparse.Namespace) -> MultiViewEditPipeline:
+    """The edit pipeline of ``args.model`` (one clear exit when it is missing); fills ``args.size``
+    with the model's image size when it was not given."""
+    if not (args.model / "unet" / "config.json").is_file():
+        raise SystemExit(f"--model {args.model}: no model there; train and export it first "
+                         "(worlds/shapes3d/README.md) or pass --model DIR")
+    pipe = MultiViewEditPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    if args.size is None:
+        args.size = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.write_cases is not None:
@@ -361,14 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = merge(args.merge)
         print(json.dumps(result))
         return result
-    if not (args.model / "unet" / "config.json").is_file():
-        raise SystemExit(f"--model {args.model}: no model there; train and export it first "
-                         "(worlds/shapes3d/README.md) or pass --model DIR")
     torch.manual_seed(args.seed)
-    pipe = MultiViewEditPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    if args.size is None:
-        args.size = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    pipe = load_pipe(args)
     scenes = load_scenes(args.scenes)[args.first_scene:][: args.max_scenes]
     records = []
     for i, scene in enumerate(scenes):
@@ -380,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             save_grid(rec["rows"], args.grid)
         records.append(rec)
         print(json.dumps({k: rec[k] for k in ("id", "group", "floor", *args.methods)}))
-    result = {**summary(records), "views": args.views or VIEWS,
+    result = {**summary(records), "views": args.views or VIEWS, "size": args.size,
               "steps": args.steps, "control": args.control, "conditioning_scale": args.conditioning_scale,
               "alpha": args.alpha, "guidance_steps": args.guidance_steps, "until_step": args.until_step,
               "hard_inject": args.hard_inject,

@@ -31,7 +31,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +66,7 @@ from .decoding import decode_latents
 
 Tensor = torch.Tensor
 OutputType = Literal["pil", "np", "pt", "latent"]
+FitCallback = Callable[[int, dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor] | None]
 CONTROLNET_FOLDER = "controlnet-depth"  # the ControlNet subfolder of a shipped model (assets/shapes3d-sd)
 
 
@@ -242,6 +243,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
         view_batch: int = 4,
         generator: torch.Generator | None = None,
         output_type: OutputType = "pil",
+        callback_on_fit: FitCallback | None = None,
     ) -> MultiViewEditOutput:
         """Edit ``images`` (V views; cameras of the same size) from ``source_prompt`` to ``edit_prompt``.
 
@@ -251,7 +253,10 @@ class MultiViewEditPipeline(DiffusionPipeline):
         same). Both need the pipeline's ControlNet. ``depths`` (V, H, W) z-depth supervises the query
         field's density; ``bounds`` is the scene box (min corner, max corner) the field covers;
         ``generator`` seeds its initialisation and ray sampling (default: seed 0, so runs repeat).
-        ``view_batch`` views share one denoiser call.
+        ``view_batch`` views share one denoiser call. ``callback_on_fit(step, extracted, rendered)``
+        sees each fit's targets and renders ({layer: (V, h, w, C)}) and may return maps that replace
+        the renders as guidance targets: a seam for diagnostics such as
+        ``benchmarks/qnerf_query_leverage.py``.
         """
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type={output_type!r}; use 'pil', 'np', 'pt' or 'latent'")
@@ -267,6 +272,7 @@ class MultiViewEditPipeline(DiffusionPipeline):
         with apply(self.unet, qnerf, controller=ctrl), ctrl.driven_by_loop():
             run = _Run(self, ctrl, qnerf, x, cameras, source_prompt, edit_prompt, controls, source_controls,
                        depths, bounds, guidance_scale, conditioning_scale, view_batch, generator, stats)
+            run.on_fit = callback_on_fit
             z = run.sample(num_inference_steps)
         return MultiViewEditOutput(images=self._decode(z, output_type), stats=stats)
 
@@ -299,6 +305,7 @@ class _Run:
         self.store: QueryStore = ctrl.stores[STORE]
         self.field: QueryField | None = None
         self.inversion: Inversion | None = None
+        self.on_fit: FitCallback | None = None
 
     def batches(self) -> list[list[int]]:
         return [list(range(s, min(s + self.batch, self.views))) for s in range(0, self.views, self.batch)]
@@ -404,10 +411,25 @@ class _Run:
                                depth=self.depths, depth_weight=cfg.depth_weight, generator=self.generator)
         with torch.no_grad():
             rendered = self.field.render(self.cameras, {n: tuple(m.shape[1:3]) for n, m in targets.items()})
+        if self.on_fit is not None:
+            rendered = check_replacement(self.on_fit(event.step, targets, rendered), rendered)
         self.store.set_rendered(rendered)
         self.store.clear()
         self.stats["fits"].append({"step": event.step, "seconds": round(time.perf_counter() - start, 3),
                                    "report": _plain(report)})
+
+
+def check_replacement(new: dict[str, Tensor] | None, rendered: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A fit callback's maps, which must match the renders layer for layer and shape for shape."""
+    if new is None:
+        return rendered
+    for name, r in rendered.items():
+        got = new.get(name)
+        if got is None or tuple(got.shape) != tuple(r.shape):
+            shape = None if got is None else tuple(got.shape)
+            raise ValueError(f"callback_on_fit returned {shape} for layer {name!r}; return a map of "
+                             f"shape {tuple(r.shape)} for every rendered layer, or None to keep the renders")
+    return {name: new[name] for name in rendered}
 
 
 def _plain(report: Any) -> Any:

@@ -140,6 +140,28 @@ def test_hard_injection_runs_the_schedule_without_gradient_steps(parts):
     assert (hard.images - per_view.images).abs().max() > 1e-3  # the rendered queries steer the kept steps
 
 
+def test_fit_callback_sees_every_fit_and_its_maps_replace_the_renders(parts):
+    pipe = make_pipe(parts, False)
+    kw = dict(num_inference_steps=STEPS, output_type="latent", view_batch=3,
+              qnerf=replace(FAST, alpha=0.0, hard_inject=True))
+    seen = []
+
+    def keep(step, extracted, rendered):
+        seen.append((step, {n: (tuple(e.shape), tuple(rendered[n].shape)) for n, e in extracted.items()}))
+        return dict(rendered)
+
+    kept = pipe(views(), cameras(), "a red box", "a blue box", callback_on_fit=keep, **kw)
+    plain = pipe(views(), cameras(), "a red box", "a blue box", **kw)
+    assert [s for s, _ in seen] == [1, 2, 3] and torch.equal(kept.images, plain.images)
+    assert all(e == r and e[0] == VIEWS for _, shapes in seen for e, r in shapes.values())
+    zeros = pipe(views(), cameras(), "a red box", "a blue box",
+                 callback_on_fit=lambda s, e, r: {n: torch.zeros_like(m) for n, m in r.items()}, **kw)
+    assert (zeros.images - plain.images).abs().max() > 1e-3  # the returned maps are what is injected
+    with pytest.raises(ValueError, match="callback_on_fit returned .* for layer"):
+        pipe(views(), cameras(), "a red box", "a blue box",
+             callback_on_fit=lambda s, e, r: {n: m[:1] for n, m in r.items()}, **kw)
+
+
 def test_alpha_zero_is_the_deterministic_per_view_edit_with_masactrl(parts):
     pipe = make_pipe(parts, False)
     kw = dict(num_inference_steps=STEPS, output_type="latent", view_batch=3)

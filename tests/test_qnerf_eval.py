@@ -106,7 +106,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, capsys):
                               "--grid", str(tmp_path / "grid.png")])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(result))
-    assert set(last["methods"]) == {"per_view", "qnerf"} and last["scenes"] == 1
+    assert set(last["methods"]) == {"per_view", "qnerf"} and last["scenes"] == 1 and last["size"] == 16
     for method in ("per_view", "qnerf"):
         row = last["methods"][method]
         assert {"consistency_error", "consistency_raw", "gt_psnr", "edit_success", "seconds"} <= set(row)
