@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -299,16 +300,40 @@ def dumps(scenes: list[Scene]) -> str:
 
 
 # -- main -------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def scene_args(p: argparse.ArgumentParser) -> None:
+    """The options of every benchmark on the edit case file: which scenes, views and model, the render
+    size, the steps, the edit's control and the seed."""
     p.add_argument("--scenes", type=Path, default=ROOT / "benchmarks" / "cases" / "qnerf_edit.json")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--first-scene", type=int, default=0, help="skip the scenes before this index")
+    p.add_argument("--max-scenes", type=int, default=None)
+    p.add_argument("--views", type=int, default=None, help="use the first N views of each scene")
+    p.add_argument("--size", type=int, default=None, help="render size (default: the model's image size)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--control", choices=["edited", "source"], default="edited",
+                   help="depth driving the edit's ControlNet: the edited scene's (a 3D control of the edit) "
+                        "or the source views' (all a user without the new geometry has)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def check_scene_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        p.error(f"--steps {args.steps} must be >= 1")
+    if args.views is not None and args.views < 2:
+        p.error(f"--views {args.views} must be >= 2 (consistency compares views)")
+
+
+def with_eval_defaults(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` (checked) with the rest of this benchmark's settings at their defaults."""
+    check_scene_args(p, args)
+    return argparse.Namespace(**{**vars(parse_args([])), **vars(args)})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scene_args(p)
     p.add_argument("--quick", action="store_true", help="2 scenes, 4 views, 6 steps, 30 fit iterations")
     p.add_argument("--edit", type=parse_edit, default=None, help="'red cube=>blue cube' for every scene")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--views", type=int, default=None, help="use the first N views of each scene")
-    p.add_argument("--max-scenes", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="render size (default: the model's image size)")
     p.add_argument("--alpha", type=float, default=QNeRFConfig.alpha)
     p.add_argument("--tau", type=int, default=QNeRFConfig.tau)
     p.add_argument("--guidance-steps", type=int, default=QNeRFConfig.guidance_steps,
@@ -321,17 +346,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--view-batch", type=int, default=4)
     p.add_argument("--bound", type=float, default=1.0, help="the query field covers [-bound, bound]^3")
-    p.add_argument("--control", choices=["edited", "source"], default="edited",
-                   help="depth driving the edit's ControlNet: the edited scene's (a 3D control of the edit) "
-                        "or the source views' (all a user without the new geometry has)")
     p.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet conditioning scale")
     p.add_argument("--field-depth", choices=["control", "edited", "source", "none"], default="control",
                    help="z-depth supervising the field (default: the same depth as --control)")
     p.add_argument("--methods", nargs="+", choices=["per_view", "qnerf"], default=["per_view", "qnerf"])
-    p.add_argument("--first-scene", type=int, default=0, help="skip the scenes before this index")
     p.add_argument("--grid", type=Path, default=None, metavar="PNG",
                    help="save the first scene's views: source / per_view / qnerf / ground truth")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cases", type=Path, default=None, metavar="FILE",
                    help="write the default scene file to FILE and stop")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="LOG",
@@ -342,11 +362,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.max_scenes, args.views = args.max_scenes or 2, args.views or 4
         args.steps, args.fit_iters = min(args.steps, 6), min(args.fit_iters, 30)
-    for name in ("steps", "tau", "view_batch", "guidance_steps"):
+    check_scene_args(p, args)
+    for name in ("tau", "view_batch", "guidance_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.views is not None and args.views < 2:
-        p.error("--views must be >= 2 (consistency compares views)")
     return args
 
 
@@ -361,6 +380,20 @@ def load_pipe(args: argparse.Namespace) -> MultiViewEditPipeline:
     if args.size is None:
         args.size = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     return pipe
+
+
+SceneRecord = Callable[[MultiViewEditPipeline, Scene, str, argparse.Namespace], dict[str, Any]]
+
+
+def scene_records(args: argparse.Namespace, record: SceneRecord) -> list[dict[str, Any]]:
+    """``record(pipe, scene, where, args)`` on each scene of ``args`` (the model loaded once), each
+    record printed as one JSON line as it comes: what the studies on this case file share."""
+    pipe = load_pipe(args)
+    records = []
+    for i, scene in enumerate(load_scenes(args.scenes)[args.first_scene:][: args.max_scenes]):
+        records.append(record(pipe, scene, f"scenes[{i + args.first_scene}]", args))
+        print(json.dumps(records[-1]))
+    return records
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -42,7 +42,6 @@ for path in (ROOT, ROOT / "benchmarks"):
 import qnerf_eval  # noqa: E402
 
 from pipelines.multiview_edit import MultiViewEditPipeline  # noqa: E402
-from worlds.shapes3d.scene import load_scenes  # noqa: E402
 
 Tensor = torch.Tensor
 Maps = dict[str, Tensor]
@@ -139,30 +138,16 @@ def mean_of(records: list[dict[str, Any]], key: str) -> dict[str, float | None]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenes", type=Path, default=ROOT / "benchmarks" / "cases" / "qnerf_edit.json")
-    p.add_argument("--model", type=Path, default=qnerf_eval.DEFAULT_MODEL)
+    qnerf_eval.scene_args(p)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--first-scene", type=int, default=0)
-    p.add_argument("--max-scenes", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="render size (default: the model's image size)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--views", type=int, default=None, help="use the first N views of each scene")
-    p.add_argument("--control", choices=["edited", "source"], default="edited")
     p.add_argument("--fit-iters", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
     # the rest of qnerf_eval's settings (tau, kv_start, guidance, ...) at its defaults
-    return argparse.Namespace(**{**vars(qnerf_eval.parse_args([])), **vars(args)})
+    return qnerf_eval.with_eval_defaults(p, p.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    pipe = qnerf_eval.load_pipe(args)
-    scenes = load_scenes(args.scenes)[args.first_scene:][: args.max_scenes]
-    records = []
-    for i, scene in enumerate(scenes):
-        records.append(scene_record(pipe, scene, f"scenes[{i + args.first_scene}]", args))
-        print(json.dumps(records[-1]))
+    records = qnerf_eval.scene_records(args, scene_record)
     result = {"per_view": mean_of(records, "per_view"),
               "modes": {m: mean_of(records, m) for m in args.modes},
               "scenes": [r["id"] for r in records], "size": args.size, "steps": args.steps,
