@@ -4,8 +4,10 @@
 #   A. the style model assets/shapes-style-sd (issue 18): the shapes-sd VAE fine-tuned on styled renders
 #      (flat, outline, hatched, dotted; STYLE_VAE_S seconds), a fresh styled latent cache, then the UNet +
 #      text encoder fine-tuned from assets/shapes-sd on "..., <style> style" captions until TRAIN_END;
-#   B. the 3D world's Zero-1-to-3 model assets/shapes3d-zero123 (issue 15): view cache, UNet until TRAIN_END
-#      (x0_floor loss weights: the best of the CPU fine-tunes, worlds/shapes3d/README.md);
+#   B. the 3D world's Zero-1-to-3 model assets/shapes3d-zero123 (issue 15): view caches, then the shipped model
+#      trained on until TRAIN_END by its own recipe (x0_floor loss weights, FRONT_PAIRS of each batch from
+#      one-object scenes seen from the view facing the object: what taught it the azimuth on CPU,
+#      worlds/shapes3d/README.md);
 #   C. the 3D world's text+depth model assets/shapes3d-sd with controlnet-depth/: cache, the text-to-image
 #      UNet for T2I_SHARE % of what is left, then the depth ControlNet until TRAIN_END.
 # B and C share one 3D VAE: VAE3D (default assets/shapes3d-vae, the CPU-trained one in the repository) when
@@ -30,6 +32,7 @@ OUT=${OUT:?set OUT to the results folder}
 TRAIN_END=${TRAIN_END:-420}     # seconds after start when every training must have stopped
 STYLE_VAE_S=${STYLE_VAE_S:-100} # time box of the style VAE fine-tune
 T2I_SHARE=${T2I_SHARE:-55}      # % of C's training time for the text-to-image UNet (the rest: ControlNet)
+FRONT_PAIRS=${FRONT_PAIRS:-0.5} # B's share of front pairs (the shipped model's CPU run: 0.75)
 VAE3D=${VAE3D:-assets/shapes3d-vae}
 SMALL=${SMALL:-0}
 W=${WORK:-/tmp/gpu_session_worlds}
@@ -42,11 +45,11 @@ left() {  # seconds until TRAIN_END, at least MIN_S
 
 if [ "$SMALL" = 1 ]; then   # the same code paths at toy sizes (a few steps each)
   MIN_S=5; STYLE_VAE_S=${STYLE_VAE_S_SMALL:-8}; WORKERS=0; THREADS=1
-  SCENES=64; BATCH=4; VAE_BATCH=4; VAE3D_STEPS=2; SCENES3D=4; BATCH3D=2; EVAL=4
+  SCENES=64; BATCH=4; VAE_BATCH=4; VAE3D_STEPS=2; SCENES3D=4; BATCH3D=2; EVAL=4; ORBIT3D=8
 else
   MIN_S=20; WORKERS=${STYLE_WORKERS:-6}; THREADS=4
   SCENES=30000; BATCH=128; VAE_BATCH=64; VAE3D_STEPS=${VAE3D_STEPS:-600}; SCENES3D=${SCENES3D:-3000}
-  BATCH3D=128; EVAL=256
+  BATCH3D=128; EVAL=256; ORBIT3D=${ORBIT3D:-1500}
 fi
 . benchmarks/gpu_wheels.sh  # carried wheels (.whl/): diffusers, and our transformers where it builds these
 install_carried_wheels "from worlds.shapes.tokenizer import build_tokenizer
@@ -83,11 +86,11 @@ Z=(-m worlds.shapes3d.train_zero123 --device "$DEVICE" --out "$W/zero123" --thre
    --input-latent scaled --scenes "$SCENES3D")
 run zero123_vae $PY "${Z[@]}" --phase vae --vae-steps "$VAE3D_STEPS" --eval-scenes 4
 
-# ---- B. Zero-1-to-3: cache, UNet
+# ---- B. Zero-1-to-3: caches (the orbit cache is built by the first UNet call), UNet from the shipped model
 (
   run zero123_cache $PY "${Z[@]}" --phase cache || exit 1
   run zero123_unet $PY "${Z[@]}" --phase unet --batch "$BATCH3D" --time-limit "$(left)" --decay-tail 0.3 \
-    --loss-weights x0_floor
+    --loss-weights x0_floor --init assets/shapes3d-zero123 --front-pairs "$FRONT_PAIRS" --orbit-scenes "$ORBIT3D"
 ) &
 BPID=$!
 

@@ -3,6 +3,8 @@
     python benchmarks/z2h_eval.py --scenes benchmarks/cases/shapes3d_novel_view.json --seeds 2
     python benchmarks/z2h_eval.py --quick                 # 1 scene per group, 2 seeds, every method
     python benchmarks/z2h_eval.py --methods plain,z2h --save out/z2h   # PNG grids per scene
+    python benchmarks/z2h_eval.py --methods plain > a.log; ... --methods z2h > b.log  # one per core
+    python benchmarks/z2h_eval.py --merge a.log b.log      # ... combined as one run
 
 Scene files are the world's: a JSON list of {"objects": [...], "views": [...]}; the first view is the
 source, every other view a target. Per scene and seed, the source view is rendered, every target is
@@ -106,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", type=Path, default=None, metavar="DIR",
                    help="a PNG per scene: source | truth | each method (first seed), a row per target")
     p.add_argument("--quick", action="store_true", help="1 scene per group, 2 seeds")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="LOG",
+                   help="combine the results of one evaluation split by --methods over processes and stop")
     args = p.parse_args(argv)
     if args.quick:
         args.per_group, args.seeds = 1, 2
@@ -185,6 +189,32 @@ def deltas(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | No
     return out
 
 
+SHARED = ("model", "scenes_file", "scenes", "seeds", "cfg", "device")  # what the parts of one run share
+
+
+def merge(logs: Sequence[Path]) -> dict[str, Any]:
+    """One result from the last JSON lines of runs split by ``--methods`` (one process per core): the
+    methods side by side and the deltas between them. Seeds are paired by scene and seed index, so
+    the parts compare as one run; each part's seconds were timed in its own process."""
+    parts = []
+    for log in logs:
+        lines = [line for line in Path(log).read_text().splitlines() if line.startswith("{")]
+        if not lines or "methods" not in (last := json.loads(lines[-1])):
+            raise ValueError(f"--merge {log}: no finished z2h_eval result there")
+        parts.append(last)
+    settings = [{k: part.get(k) for k in SHARED} for part in parts]
+    if any(s != settings[0] for s in settings):
+        raise ValueError(f"--merge: the parts ran with other settings ({settings}); merge parts of one run")
+    methods: dict[str, dict[str, Any]] = {}
+    for log, part in zip(logs, parts, strict=True):
+        if twice := sorted(set(methods) & set(part["methods"])):
+            raise ValueError(f"--merge {log}: methods {twice} are in another part too")
+        methods.update(part["methods"])
+    methods = {m: methods[m] for m in METHODS if m in methods}  # the paper's order
+    return {"methods": methods, "deltas": deltas(methods), **settings[0], "torch": parts[0].get("torch"),
+            "merged_from": [str(p) for p in logs]}
+
+
 def save_grid(folder: Path, w: Any, scene: Any, k: int, source: np.ndarray, firsts: dict[str, np.ndarray],
               size: int) -> None:
     from PIL import Image
@@ -201,6 +231,10 @@ def save_grid(folder: Path, w: Any, scene: Any, k: int, source: np.ndarray, firs
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge is not None:
+        result = merge(args.merge)
+        print(json.dumps(result))
+        return result
     torch.set_num_threads(args.threads)
     try:
         result = evaluate(args)

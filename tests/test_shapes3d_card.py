@@ -4,6 +4,7 @@ recipe from training.json, compute from train.log, figures and the issue-15/16 v
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,25 @@ def test_bad_inputs_are_one_clear_error(exported, tmp_path):
     bad.write_text("not json\n")
     with pytest.raises(SystemExit):
         card.main(["--model", str(model), "--run-log", str(log), "--novel-view", str(bad)])
+
+
+def test_the_recipe_names_the_pair_sources_the_loss_and_a_given_vae(exported, tmp_path):
+    model, _ = exported
+    mine = shutil.copytree(model, tmp_path / "model")
+    recipe = {**RECIPE, "loss_weights": "x0_floor", "front_pairs": 0.75, "orbit_pairs": 0.0,
+              "orbit_scenes": 1500, "azimuth_curriculum": 8000, "copy_pairs": 0.3}
+    (mine / "training.json").write_text(json.dumps({"step": 50, "input_latent": "scaled", "args": recipe}))
+    log = tmp_path / "train.log"  # the VAE was put in the run folder: no VAE phase in its log
+    log.write_text("".join(json.dumps(r) + "\n" for r in [*LOG, {"phase": "cache", "file": "views_orbit.pt",
+                                                              "scenes": 1500}] if r["phase"] != "vae"))
+    text = card.build_card(mine, log)
+    for fact in ("x0-floor weights (min-SNR-5, but the implied x0 error weighs at least 1",
+                 "a share of 0.75 front pairs and 0 orbit pairs from a second cache of 1500 scenes",
+                 "(seed + 40000, twelve views at one elevation per scene)",
+                 "growing to 180 over 8000 steps; copies (target = source) 0.3 of the pairs at first",
+                 "- VAE: not trained by this run (Recipe).", "VAE: not trained by this run: its `vae/`",
+                 "- VAE: none in this run (given).", "View cache: 64 scenes encoded"):
+        assert fact in text, fact
+    assert "VAE fine-tune first" not in text and "VAE: 100 other scenes" not in text
+    plain = card.build_card(model, exported[1])  # the first recipe: none of these lines
+    assert "min-SNR-5 weights;" in plain and "front pairs" not in plain and "curriculum" not in plain

@@ -92,3 +92,33 @@ def test_end_to_end_on_the_tiny_model_reports_every_field(tmp_path, capsys):
         assert set(z2h_eval.METRICS) <= set(row)
     assert set(result["deltas"]) == {"z2h_vs_plain"} and result["scenes"] == 1
     assert len(list((tmp_path / "grids").glob("*.png"))) == 1
+
+
+def test_a_run_split_by_methods_merges_into_the_joint_run(tmp_path, capsys):
+    from attn_processors.testing.tiny_zero123 import save_tiny_zero123
+
+    model = save_tiny_zero123(tmp_path / "model")
+    scene = json.loads(CASES.read_text())[0]
+    scene["views"] = scene["views"][:2]
+    (tmp_path / "scenes.json").write_text(json.dumps([scene]))
+    common = ["--model", str(model), "--scenes", str(tmp_path / "scenes.json"), "--seeds", "1"]
+    joint = z2h_eval.main([*common, "--methods", "plain,z2h"])
+    for name, method in (("a.log", "z2h"), ("b.log", "plain")):
+        capsys.readouterr()
+        z2h_eval.main([*common, "--methods", method])
+        (tmp_path / name).write_text("loading...\n" + capsys.readouterr().out)
+    merged = z2h_eval.main(["--merge", str(tmp_path / "a.log"), str(tmp_path / "b.log")])
+    assert list(merged["methods"]) == ["plain", "z2h"]  # the paper's order, whatever the parts' order
+    for name in ("plain", "z2h"):  # paired seeds: the same images, so the same scores
+        assert {k: merged["methods"][name][k] for k in z2h_eval.METRICS} == {
+            k: joint["methods"][name][k] for k in z2h_eval.METRICS}
+    assert merged["deltas"] == joint["deltas"] and merged["seeds"] == 1
+    with pytest.raises(ValueError, match=r"methods \['plain'\] are in another part too"):
+        z2h_eval.merge([tmp_path / "b.log", tmp_path / "b.log"])
+    other = json.loads((tmp_path / "b.log").read_text().splitlines()[-1]) | {"seeds": 3}
+    (tmp_path / "c.log").write_text(json.dumps(other) + "\n")
+    with pytest.raises(ValueError, match="ran with other settings"):
+        z2h_eval.merge([tmp_path / "a.log", tmp_path / "c.log"])
+    (tmp_path / "d.log").write_text("Traceback ...\n")
+    with pytest.raises(ValueError, match="d.log: no finished z2h_eval result"):
+        z2h_eval.merge([tmp_path / "d.log"])

@@ -26,7 +26,7 @@ from worlds.finetune import read_log
 
 from .data import TRAIN_SPEC
 from .models import count_parameters
-from .train_zero123 import HOLDOUT_SEED_OFFSET, VAE_SEED_OFFSET, min_snr_weights
+from .train_zero123 import HOLDOUT_SEED_OFFSET, ORBIT_SEED_OFFSET, VAE_SEED_OFFSET, min_snr_weights
 from .zero123 import load_parts
 
 METRICS = ("psnr", "ssim", "mask_iou", "colour_present")
@@ -78,13 +78,15 @@ def compute(records: list[dict[str, Any]]) -> dict[str, Any]:
     vae_rates = [float(r["s_per_step"]) for r in vae if "s_per_step" in r]
     unet_rates = [float(r["s_per_step"]) for r in unet_steps]
     return {
+        "vae_trained": bool(vae),
         "vae_steps": vae_done["steps"] if vae_done else max((r.get("step", 0) for r in vae), default=0),
         "vae_psnr_start": vae_start["psnr_db"] if vae_start else None,
         "vae_psnr": vae_done.get("psnr_db") if vae_done else None,
         "scaling_factor": vae_done.get("scaling_factor") if vae_done else None,
         "vae_s_per_step": round(statistics.median(vae_rates), 3) if vae_rates else None,
         "vae_hours": round(sum(vae_rates) * _log_every(vae) / 3600, 2) if vae_rates else None,
-        "cache_scenes": max((r.get("scenes", 0) for r in records if r.get("phase") == "cache"), default=0),
+        "cache_scenes": max((r.get("scenes", 0) for r in records if r.get("phase") == "cache"
+                             and r.get("file", "views.pt") == "views.pt"), default=0),  # not the orbit cache
         "unet_steps": unet_done["steps"] if unet_done else (unet_steps[-1]["step"] if unet_steps else 0),
         "unet_done": unet_done is not None,
         "unet_s_per_step": round(statistics.median(unet_rates), 3) if unet_rates else None,
@@ -92,6 +94,40 @@ def compute(records: list[dict[str, Any]]) -> dict[str, Any]:
         "resumes": sum(1 for r in unet if "resumed_at" in r),
         "last_loss": unet_steps[-1].get("loss") if unet_steps else None,
     }
+
+
+VAE_GIVEN = ("- VAE: not trained by this run: its `vae/` was put in the run folder before it started (an "
+             "earlier run's, whose weights and `scaling_factor` it keeps), so the VAE phase was skipped.")
+
+
+def loss_words(name: str | None, gamma: float) -> str:
+    """The loss weights of ``train_zero123 --loss-weights`` in words (min-SNR when not recorded)."""
+    if name == "x0_floor":
+        return (f"x0-floor weights (min-SNR-{gamma:g}, but the implied x0 error weighs at least 1, so the "
+                "high-noise steps that decide where objects go count)")
+    return f"min-SNR-{gamma:g} weights"
+
+
+def pair_sources(args: dict[str, Any]) -> list[str]:
+    """Card lines for the training pairs beyond the main cache: orbit and front pairs, the azimuth
+    curriculum and copy pairs (none when the run used none)."""
+    lines = []
+    orbit, front = float(args.get("orbit_pairs") or 0), float(args.get("front_pairs") or 0)
+    if orbit or front:
+        lines.append(
+            f"- Of each batch, a share of {front:g} front pairs and {orbit:g} orbit pairs from a second "
+            f"cache of {args.get('orbit_scenes')} scenes (seed + {ORBIT_SEED_OFFSET}, twelve views at one "
+            "elevation per scene): an orbit pair differs in azimuth alone; a front pair is a one-object "
+            "scene seen first from the view facing its object, so the object moves sideways by its "
+            "distance times -sin d azimuth.")
+    if int(args.get("azimuth_curriculum") or 0):
+        copies = float(args.get("copy_pairs") or 0)
+        lines.append(
+            f"- Azimuth curriculum: each pair's azimuth change capped at 30 degrees, growing to 180 over "
+            f"{args['azimuth_curriculum']} steps"
+            + (f"; copies (target = source) {copies:g} of the pairs at first, none at its end." if copies
+               else "."))
+    return lines
 
 
 def _log_every(records: list[dict[str, Any]]) -> int:
@@ -293,8 +329,10 @@ def build_card(model: Path, run_log: Path | None, nv: dict[str, Any] | None = No
         f"- UNet: {scenes if scenes is not None else 'not recorded'} scenes (seed {arg('seed')}) x {views} "
         f"views = {int(scenes) * views if scenes is not None else 'n/a'} images, trained on pairs of "
         "distinct views of one scene (VAE posteriors cached, resampled every step).",
-        f"- VAE: {vae_scenes if vae_scenes is not None else 'n/a'} other scenes (seed + {VAE_SEED_OFFSET}); "
-        f"PSNR and latent scale on {arg('eval_scenes')} held-out scenes (seed + {HOLDOUT_SEED_OFFSET}).",
+        *pair_sources(args),
+        ("- VAE: not trained by this run (Recipe)." if log is not None and not log["vae_trained"] else
+         f"- VAE: {vae_scenes if vae_scenes is not None else 'n/a'} other scenes (seed + {VAE_SEED_OFFSET}); "
+         f"PSNR and latent scale on {arg('eval_scenes')} held-out scenes (seed + {HOLDOUT_SEED_OFFSET})."),
         "- Evaluation: `benchmarks/cases/shapes3d_novel_view.json` (other seeds, "
         "`worlds/shapes3d/cases.py`).",
         "",
@@ -305,12 +343,13 @@ def build_card(model: Path, run_log: Path | None, nv: dict[str, Any] | None = No
         f"- UNet + CLIP image encoder + `cc_projection` jointly: {record.get('step', 'n/a')} steps done "
         f"(target {arg('steps')}), batch {arg('batch')}, AdamW lr {arg('lr')} ({arg('warmup')}-step "
         f"warm-up), weight decay 1e-2, grad clip 1, EMA {arg('ema')} (the EMA weights are shipped).",
-        f"- Epsilon loss with min-SNR-{gamma:g} weights; {arg('drop_prob')} joint condition dropout (token "
-        "and input latent zeroed) for classifier-free guidance.",
+        f"- Epsilon loss with {loss_words(args.get('loss_weights'), gamma)}; {arg('drop_prob')} joint "
+        "condition dropout (token and input latent zeroed) for classifier-free guidance.",
         f"- Input latent: `{arg('input_latent')}` (source posterior mean, "
         f"{'x scaling_factor' if args.get('input_latent') == 'scaled' else 'unscaled as in Zero-1-to-3'}).",
-        f"- VAE fine-tune first: {arg('vae_steps')} steps, {arg('vae_batch')} images per step, AdamW "
-        f"{arg('vae_lr')}, L1 + MSE + 1e-7 KL, from `{repo_path(arg('init_vae'))}`.",
+        (VAE_GIVEN if log is not None and not log["vae_trained"] else
+         f"- VAE fine-tune first: {arg('vae_steps')} steps, {arg('vae_batch')} images per step, AdamW "
+         f"{arg('vae_lr')}, L1 + MSE + 1e-7 KL, from `{repo_path(arg('init_vae'))}`."),
         f"- Time limit: {arg('time_limit')} s; seed {arg('seed')}.", "",
         "## Compute",
     ]
@@ -319,9 +358,10 @@ def build_card(model: Path, run_log: Path | None, nv: dict[str, Any] | None = No
     else:
         lines += [
             f"Machine: {machine}.",
-            f"- VAE: {log['vae_steps']} steps at a median {_fmt(log['vae_s_per_step'])} s/step "
-            f"(~{_fmt(log['vae_hours'], 2)} h); held-out PSNR {_fmt(log['vae_psnr_start'], 2)} -> "
-            f"{_fmt(log['vae_psnr'], 2)} dB, scaling_factor {_fmt(log['scaling_factor'], 5)}.",
+            (f"- VAE: {log['vae_steps']} steps at a median {_fmt(log['vae_s_per_step'])} s/step "
+             f"(~{_fmt(log['vae_hours'], 2)} h); held-out PSNR {_fmt(log['vae_psnr_start'], 2)} -> "
+             f"{_fmt(log['vae_psnr'], 2)} dB, scaling_factor {_fmt(log['scaling_factor'], 5)}."
+             if log["vae_trained"] else "- VAE: none in this run (given)."),
             f"- View cache: {log['cache_scenes']} scenes encoded.",
             f"- UNet: {log['unet_steps']} steps logged"
             f"{'' if log['unet_done'] else ' (run still going)'} at a median "
