@@ -26,7 +26,13 @@ from worlds.finetune import read_log
 
 from .data import TRAIN_SPEC
 from .models import count_parameters
-from .train_zero123 import HOLDOUT_SEED_OFFSET, ORBIT_SEED_OFFSET, VAE_SEED_OFFSET, min_snr_weights
+from .train_zero123 import (
+    CURRICULUM_START_DEG,
+    HOLDOUT_SEED_OFFSET,
+    ORBIT_SEED_OFFSET,
+    VAE_SEED_OFFSET,
+    min_snr_weights,
+)
 from .zero123 import load_parts
 
 METRICS = ("psnr", "ssim", "mask_iou", "colour_present")
@@ -123,7 +129,8 @@ def pair_sources(args: dict[str, Any]) -> list[str]:
     if int(args.get("azimuth_curriculum") or 0):
         copies = float(args.get("copy_pairs") or 0)
         lines.append(
-            f"- Azimuth curriculum: each pair's azimuth change capped at 30 degrees, growing to 180 over "
+            f"- Azimuth curriculum: each pair's azimuth change capped at {CURRICULUM_START_DEG:g} degrees, "
+            f"growing to 180 over "
             f"{args['azimuth_curriculum']} steps"
             + (f"; copies (target = source) {copies:g} of the pairs at first, none at its end." if copies
                else "."))
