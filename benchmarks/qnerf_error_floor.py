@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import qnerf_eval  # noqa: E402
 
+from pipelines.decoding import decode_latents  # noqa: E402
 from pipelines.multiview_edit import MultiViewEditPipeline  # noqa: E402
 from worlds.shapes3d.render import render  # noqa: E402
 from worlds.shapes3d.scene import Scene  # noqa: E402
@@ -47,20 +48,18 @@ from worlds.shapes3d.score import psnr  # noqa: E402
 SETS = ("vae", "redraw", "per_view")
 
 
+@torch.no_grad()
 def vae_round_trip(pipe: MultiViewEditPipeline, rgbs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """(H, W, 3) uint8 renders -> the same through the VAE (posterior mode, decoded), uint8."""
+    """(H, W, 3) uint8 renders -> the same through the VAE (posterior mode, decoded as the pipeline
+    decodes its edits), uint8."""
     latents = pipe.encode_images(torch.stack([qnerf_eval.to_model(x) for x in rgbs]))
-    with torch.no_grad():
-        out = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    return [((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for x in out]
+    return qnerf_eval.to_rgb(decode_latents(pipe.vae, pipe.image_processor, latents, "pt"))
 
 
 def scene_record(pipe: MultiViewEditPipeline, scene: Scene, where: str,
                  args: argparse.Namespace) -> dict[str, Any]:
     """The three sets' scores on one scene."""
-    edit = scene.extra.get("edit")
-    if not isinstance(edit, dict) or not {"from", "to"} <= set(edit):
-        raise ValueError(f"{where} has no 'edit': {{'from': ..., 'to': ...}}; add one")
+    edit = qnerf_eval.scene_edit(scene, where)
     target, _ = qnerf_eval.edited_scene(scene, edit, where)
     views = scene.views[: args.views] if args.views else scene.views
     gt = [render(target.objects, v, size=args.size) for v in views]

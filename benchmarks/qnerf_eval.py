@@ -99,6 +99,19 @@ def to_model(rgb: torch.Tensor) -> torch.Tensor:
     return rgb.permute(2, 0, 1).float() / 127.5 - 1
 
 
+def to_rgb(images: torch.Tensor) -> list[torch.Tensor]:
+    """Pipeline output (V, 3, H, W) in [0, 1] -> one (H, W, 3) uint8 image per view, as scored."""
+    return [(x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8) for x in images]
+
+
+def scene_edit(scene: Scene, where: str, hint: str = "") -> dict[str, str]:
+    """The scene's ``"edit"`` ({"from": ..., "to": ...}); one ValueError naming ``where`` without it."""
+    edit = scene.extra.get("edit")
+    if not isinstance(edit, dict) or not {"from", "to"} <= set(edit):
+        raise ValueError(f"{where} has no 'edit': {{'from': ..., 'to': ...}}; add one{hint}")
+    return edit
+
+
 # -- metrics ----------------------------------------------------------------------------------------
 def _sample(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinear colours (N, 3) of image (H, W, 3) at pixel points uv (N, 2) (pixel centres at +0.5)."""
@@ -209,7 +222,7 @@ def run_scene(pipe: MultiViewEditPipeline, scene: Scene, edit: dict[str, str], w
         result = pipe(images, cameras, scene_caption(scene.objects), scene_caption(target.objects),
                       qnerf=config, generator=torch.Generator().manual_seed(args.seed), **kw, **pipe_kw)
         seconds = time.perf_counter() - start
-        rgb = [(x.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8) for x in result.images]
+        rgb = to_rgb(result.images)
         out[method] = {**score(rgb, gt, colours, index, floor), "seconds": seconds,
                        "denoiser_calls": result.stats["denoiser_calls"]}
         out["rows"][method] = rgb
@@ -413,9 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scenes = load_scenes(args.scenes)[args.first_scene:][: args.max_scenes]
     records = []
     for i, scene in enumerate(scenes):
-        edit = args.edit or scene.extra.get("edit")
-        if not isinstance(edit, dict) or not {"from", "to"} <= set(edit):
-            raise ValueError(f"scenes[{i}] has no 'edit': {{'from': ..., 'to': ...}}; add one or pass --edit")
+        edit = args.edit or scene_edit(scene, f"scenes[{i}]", " or pass --edit")
         rec = run_scene(pipe, scene, edit, f"scenes[{i + args.first_scene}]", args)
         if args.grid is not None and not records:
             save_grid(rec["rows"], args.grid)

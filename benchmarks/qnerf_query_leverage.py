@@ -111,9 +111,7 @@ def pixel_change(a: list[Tensor], b: list[Tensor]) -> float:
 def scene_record(pipe: MultiViewEditPipeline, scene: Any, where: str,
                  args: argparse.Namespace) -> dict[str, Any]:
     """The per-view edit and one hard-injected edit per mode of ``args.modes``, on one scene."""
-    edit = scene.extra.get("edit")
-    if not isinstance(edit, dict) or not {"from", "to"} <= set(edit):
-        raise ValueError(f"{where} has no 'edit': {{'from': ..., 'to': ...}}; add one")
+    edit = qnerf_eval.scene_edit(scene, where)
     plain = argparse.Namespace(**{**vars(args), "methods": ["per_view"]})
     base = qnerf_eval.run_scene(pipe, scene, edit, where, plain)
     rec: dict[str, Any] = {"id": base["id"], "group": base["group"], "per_view": base["per_view"]}
