@@ -133,3 +133,27 @@ def test_the_recipe_names_the_pair_sources_the_loss_and_a_given_vae(exported, tm
     assert "VAE fine-tune first" not in text and "VAE: 100 other scenes" not in text
     plain = card.build_card(model, exported[1])  # the first recipe: none of these lines
     assert "min-SNR-5 weights;" in plain and "front pairs" not in plain and "curriculum" not in plain
+
+
+def test_a_model_trained_on_from_another_names_every_stage_and_the_steps_of_all(exported, tmp_path):
+    model, log = exported
+    mine = shutil.copytree(model, tmp_path / "model")
+    first = {"step": 10308, "input_latent": "scaled",
+             "args": {**RECIPE, "input_latent": "scaled", "time_limit": 4800.0, "loss_weights": "x0_floor",
+                      "front_pairs": 0.75, "orbit_scenes": 1500, "azimuth_curriculum": 8000,
+                      "copy_pairs": 0.3, "init": None}}
+    second = {"step": 4553, "input_latent": "scaled", "init_record": first,
+              "args": {**RECIPE, "input_latent": "scaled", "front_pairs": 0.5, "orbit_scenes": 1500,
+                       "init": "/work/main/assets/shapes3d-zero123"}}
+    third = {"step": 9000, "input_latent": "scaled", "init_record": second,
+             "args": {**RECIPE, "input_latent": "scaled", "front_pairs": 0.5, "orbit_scenes": 1500,
+                      "init": "runs/export_second"}}
+    (mine / "training.json").write_text(json.dumps(third))
+    text = card.build_card(mine, log)
+    assert ("- Started from `runs/export_second` as it was then: 4553 steps from `assets/shapes3d-zero123`, "
+            "time limit None s on cpu with 1 thread(s)") in text
+    assert ("- Started from `assets/shapes3d-zero123` as it was then: 10308 steps from random weights, time "
+            "limit 4800.0 s") in text
+    assert "growing to 180 over 8000 steps; copies (target = source) 0.3" in text
+    assert "- Steps over all stages: 23861." in text
+    assert "Started from" not in card.build_card(model, log)  # one stage: no lineage lines

@@ -62,3 +62,37 @@ def test_world_export_loads_in_the_pipeline_and_samples_the_same(tmp_path, input
     assert ours.shape == world.shape
     gap = float((ours.float() - (world + 1) / 2).abs().max())
     assert gap <= 1e-4, gap
+
+
+def _resave(run, **extra) -> None:
+    state = torch.load(run / "unet_ckpt.pt", weights_only=False)
+    state.update(extra)
+    torch.save(state, run / "unet_ckpt.pt")
+
+
+def test_an_export_keeps_the_stage_it_started_from_and_refuses_a_lost_or_overwritten_one(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    _fake_run(run, "scaled")
+    earlier = {"step": 10308, "input_latent": "scaled", "args": {"out": "runs/first", "front_pairs": 0.75}}
+    init = tmp_path / "shipped"
+    init.mkdir()
+    (init / "training.json").write_text(json.dumps(earlier))
+    _resave(run, args={"input_latent": "scaled", "init": str(init), "out": "runs/second"})
+    record = json.loads((export(run, tmp_path / "a") / "training.json").read_text())
+    assert record["init_record"] == earlier  # read from the init folder (runs saved before the ckpt kept it)
+
+    kept = {**earlier, "step": 99}
+    _resave(run, init_record=kept)  # the checkpoint's copy wins over the folder's
+    assert json.loads((export(run, tmp_path / "b") / "training.json").read_text())["init_record"] == kept
+
+    _resave(run, init_record=None)
+    (init / "training.json").write_text(json.dumps({**earlier, "args": {"out": "runs/second"}}))
+    with pytest.raises(ValueError, match="holds this run's own export"):
+        export(run, tmp_path / "c")
+    (init / "training.json").unlink()
+    with pytest.raises(ValueError, match=r"training.json is gone; restore that folder"):
+        export(run, tmp_path / "d")
+
+    _resave(run, args={"input_latent": "scaled", "init": None})
+    assert "init_record" not in json.loads((export(run, tmp_path / "e") / "training.json").read_text())

@@ -137,6 +137,28 @@ def pair_sources(args: dict[str, Any]) -> list[str]:
     return lines
 
 
+def earlier_stages(record: dict[str, Any]) -> list[str]:
+    """Card lines for the stages a model was trained through before this run (``--init`` chains kept in
+    ``training.json`` as ``init_record``), oldest last, and the steps of all stages together."""
+    gamma = inspect.signature(min_snr_weights).parameters["gamma"].default
+    lines, steps, stage = [], int(record.get("step") or 0), record
+    while stage.get("init_record") is not None:
+        init, stage = stage.get("args", {}).get("init"), stage["init_record"]
+        a = stage.get("args", {})
+        steps += int(stage.get("step") or 0)
+        start = f"from `{repo_path(a['init'])}`" if a.get("init") else "from random weights"
+        sources = " ".join(line.removeprefix("- ") for line in pair_sources(a))
+        lines.append(
+            f"- Started from `{repo_path(init)}` as it was then: {stage.get('step', 'n/a')} steps {start}, "
+            f"time limit {a.get('time_limit', 'not recorded')} s on {a.get('device', 'n/a')} with "
+            f"{a.get('threads', 'n/a')} thread(s), batch {a.get('batch', 'n/a')}, lr {a.get('lr', 'n/a')}, "
+            f"{loss_words(a.get('loss_weights'), gamma)}, input latent `{a.get('input_latent', 'n/a')}`. "
+            f"{sources}".rstrip())
+    if lines:
+        lines.append(f"- Steps over all stages: {steps}.")
+    return lines
+
+
 def _log_every(records: list[dict[str, Any]]) -> int:
     steps = [int(r["step"]) for r in records if "s_per_step" in r]
     return steps[1] - steps[0] if len(steps) > 1 else (steps[0] if steps else 1)
@@ -357,7 +379,8 @@ def build_card(model: Path, run_log: Path | None, nv: dict[str, Any] | None = No
         (VAE_GIVEN if log is not None and not log["vae_trained"] else
          f"- VAE fine-tune first: {arg('vae_steps')} steps, {arg('vae_batch')} images per step, AdamW "
          f"{arg('vae_lr')}, L1 + MSE + 1e-7 KL, from `{repo_path(arg('init_vae'))}`."),
-        f"- Time limit: {arg('time_limit')} s; seed {arg('seed')}.", "",
+        f"- Time limit: {arg('time_limit')} s; seed {arg('seed')}.",
+        *earlier_stages(record), "",
         "## Compute",
     ]
     if log is None:

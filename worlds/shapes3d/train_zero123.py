@@ -260,10 +260,10 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
                ) -> None:
     deadline = Deadline(args.time_limit, args.decay_tail)
     torch.manual_seed(args.seed)
-    ckpt, step = out / "unet_ckpt.pt", 0
+    ckpt, step, init_stage = out / "unet_ckpt.pt", 0, None
     if args.init is not None and not ckpt.exists():
         unet, enc, cc = load_init(args.init)
-        record = init_record(args.init)
+        record = init_stage = init_record(args.init)
         args.input_latent = record["input_latent"]
         log(out, {"phase": "unet", "init": str(args.init), "init_step": record.get("step"),
                   "input_latent": args.input_latent})
@@ -285,6 +285,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
         step = state["step"]
         gen.set_state(state["gen"].cpu())  # generator states are CPU byte tensors on every device
         args.input_latent = state["args"]["input_latent"]  # the run's choice, not this command line's
+        init_stage = state.get("init_record")
         log(out, {"phase": "unet", "resumed_at": step})
     n_orbit = round(args.orbit_pairs * args.batch)
     n_front = round(args.front_pairs * args.batch)
@@ -304,7 +305,7 @@ def train_unet(args: argparse.Namespace, out: Path, device: torch.device, data: 
                      "cc_projection": cc.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step,
                      "gen": gen.get_state(), "args": {k: str(v) if isinstance(v, Path) else v
                                                       for k, v in vars(args).items()},
-                     "scaling_factor": sf}, ckpt)
+                     "scaling_factor": sf, "init_record": init_stage}, ckpt)
 
     last_save, t0, first = time.time(), time.time(), step
     acc = torch.zeros((), dtype=torch.float64, device=device)  # loss sum on the device: no sync per step

@@ -79,8 +79,31 @@ def export(run: Path, out: Path) -> Path:
         module.save_pretrained(out / name)
     (out / "model_index.json").write_text(json.dumps(model_index(), indent=2) + "\n")
     record = {"step": state["step"], "input_latent": state["args"]["input_latent"], "args": state["args"]}
+    earlier = init_stage(state)
+    if earlier is not None:
+        record["init_record"] = earlier
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def init_stage(state: dict) -> dict | None:
+    """The ``training.json`` of the model a run started from (``--init``), kept as the exported
+    model's lineage. Why: the card must count the earlier stage's recipe and steps too. Runs saved
+    before the checkpoint kept it read the init folder, which must then still hold that model."""
+    if state.get("init_record") is not None:
+        return state["init_record"]
+    init = state["args"].get("init")
+    if init is None:
+        return None
+    path = Path(init) / "training.json"
+    if not path.is_file():
+        raise ValueError(f"the run started from --init {init}, whose training.json is gone; restore that "
+                         "folder before exporting, so the model card can name the earlier stage")
+    record = json.loads(path.read_text())
+    if record.get("args", {}).get("out") == state["args"].get("out"):
+        raise ValueError(f"--init {init} now holds this run's own export, not the model it started from; "
+                         "restore that model there before exporting again")
+    return record
 
 
 def load_parts(folder: str | Path, device: str | torch.device = "cpu") -> Zero123Parts:
