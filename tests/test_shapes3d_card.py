@@ -149,7 +149,13 @@ def test_a_model_trained_on_from_another_names_every_stage_and_the_steps_of_all(
              "args": {**RECIPE, "input_latent": "scaled", "front_pairs": 0.5, "orbit_scenes": 1500,
                       "init": "runs/export_second"}}
     (mine / "training.json").write_text(json.dumps(third))
-    text = card.build_card(mine, log)
+    run_log = tmp_path / "train.log"  # an --init run logs the VAE it took, and trains none
+    run_log.write_text("".join(json.dumps(r) + "\n" for r in
+                               [{"phase": "vae", "copied_from": "/work/main/assets/shapes3d-zero123/vae"},
+                                *(r for r in LOG if r["phase"] != "vae")]))
+    text = card.build_card(mine, run_log)
+    assert "VAE: not trained by this run: taken with `--init` from `assets/shapes3d-zero123/vae`" in text
+    assert "VAE fine-tune first" not in text and "- VAE: none in this run (given)." in text
     assert ("- Started from `runs/export_second` as it was then: 4553 steps from `assets/shapes3d-zero123`, "
             "time limit None s on cpu with 1 thread(s)") in text
     assert ("- Started from `assets/shapes3d-zero123` as it was then: 10308 steps from random weights, time "

@@ -84,7 +84,8 @@ def compute(records: list[dict[str, Any]]) -> dict[str, Any]:
     vae_rates = [float(r["s_per_step"]) for r in vae if "s_per_step" in r]
     unet_rates = [float(r["s_per_step"]) for r in unet_steps]
     return {
-        "vae_trained": bool(vae),
+        "vae_trained": any("step" in r or r.get("done") for r in vae),  # not a VAE taken with --init
+        "vae_from": next((r["copied_from"] for r in vae if "copied_from" in r), None),
         "vae_steps": vae_done["steps"] if vae_done else max((r.get("step", 0) for r in vae), default=0),
         "vae_psnr_start": vae_start["psnr_db"] if vae_start else None,
         "vae_psnr": vae_done.get("psnr_db") if vae_done else None,
@@ -100,6 +101,15 @@ def compute(records: list[dict[str, Any]]) -> dict[str, Any]:
         "resumes": sum(1 for r in unet if "resumed_at" in r),
         "last_loss": unet_steps[-1].get("loss") if unet_steps else None,
     }
+
+
+def vae_given(source: str | None) -> str:
+    """The recipe line for a run that did not train its VAE: taken from the ``--init`` model, or put in
+    the run folder by hand before it started."""
+    if source is not None:
+        return (f"- VAE: not trained by this run: taken with `--init` from `{repo_path(source)}`, weights "
+                "and `scaling_factor` unchanged, so the VAE phase was skipped.")
+    return VAE_GIVEN
 
 
 VAE_GIVEN = ("- VAE: not trained by this run: its `vae/` was put in the run folder before it started (an "
@@ -376,7 +386,7 @@ def build_card(model: Path, run_log: Path | None, nv: dict[str, Any] | None = No
         "condition dropout (token and input latent zeroed) for classifier-free guidance.",
         f"- Input latent: `{arg('input_latent')}` (source posterior mean, "
         f"{'x scaling_factor' if args.get('input_latent') == 'scaled' else 'unscaled as in Zero-1-to-3'}).",
-        (VAE_GIVEN if log is not None and not log["vae_trained"] else
+        (vae_given(log["vae_from"]) if log is not None and not log["vae_trained"] else
          f"- VAE fine-tune first: {arg('vae_steps')} steps, {arg('vae_batch')} images per step, AdamW "
          f"{arg('vae_lr')}, L1 + MSE + 1e-7 KL, from `{repo_path(arg('init_vae'))}`."),
         f"- Time limit: {arg('time_limit')} s; seed {arg('seed')}.",
