@@ -93,6 +93,7 @@ def test_an_export_keeps_the_stage_it_started_from_and_refuses_a_lost_or_overwri
     (init / "training.json").unlink()
     with pytest.raises(ValueError, match=r"training.json is gone; restore that folder"):
         export(run, tmp_path / "d")
+    assert not (tmp_path / "d").exists()  # refused before writing anything
 
     _resave(run, args={"input_latent": "scaled", "init": None})
     assert "init_record" not in json.loads((export(run, tmp_path / "e") / "training.json").read_text())

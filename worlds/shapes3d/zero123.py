@@ -67,6 +67,7 @@ def export(run: Path, out: Path) -> Path:
     if not ckpt.exists() or not (run / "vae" / "config.json").exists():
         raise ValueError(f"{run} has no vae/ and unet_ckpt.pt; train with worlds.shapes3d.train_zero123")
     state = torch.load(ckpt, weights_only=False, map_location="cpu")
+    earlier = init_stage(state)  # before writing anything: a lost init is one error and no half folder
     unet, enc, cc = build_zero123_unet(), build_image_encoder(), build_cc_projection()
     params = [p for m in (unet, enc, cc) for p in m.parameters()]  # the EMA's order (train_zero123)
     with torch.no_grad():
@@ -79,7 +80,6 @@ def export(run: Path, out: Path) -> Path:
         module.save_pretrained(out / name)
     (out / "model_index.json").write_text(json.dumps(model_index(), indent=2) + "\n")
     record = {"step": state["step"], "input_latent": state["args"]["input_latent"], "args": state["args"]}
-    earlier = init_stage(state)
     if earlier is not None:
         record["init_record"] = earlier
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
