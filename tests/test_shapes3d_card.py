@@ -14,6 +14,8 @@ from worlds.shapes3d import card
 from worlds.shapes3d.models import count_parameters
 from worlds.shapes3d.zero123 import export, load_parts
 
+REPO = Path(card.__file__).resolve().parents[2]  # wherever this checkout is (CI clones elsewhere)
+
 RECIPE = {"steps": 20000, "batch": 16, "lr": 0.0002, "warmup": 200, "ema": 0.999, "drop_prob": 0.1,
           "input_latent": "raw", "vae_steps": 50, "vae_batch": 12, "vae_lr": 0.001, "scenes": 4000,
           "eval_scenes": 16, "seed": 0, "threads": 1, "device": "cpu", "time_limit": None,
@@ -144,14 +146,14 @@ def test_a_model_trained_on_from_another_names_every_stage_and_the_steps_of_all(
                       "copy_pairs": 0.3, "init": None}}
     second = {"step": 4553, "input_latent": "scaled", "init_record": first,
               "args": {**RECIPE, "input_latent": "scaled", "front_pairs": 0.5, "orbit_scenes": 1500,
-                       "init": "/work/main/assets/shapes3d-zero123"}}
+                       "init": str(REPO / "assets/shapes3d-zero123")}}
     third = {"step": 9000, "input_latent": "scaled", "init_record": second,
              "args": {**RECIPE, "input_latent": "scaled", "front_pairs": 0.5, "orbit_scenes": 1500,
                       "init": "runs/export_second"}}
     (mine / "training.json").write_text(json.dumps(third))
     run_log = tmp_path / "train.log"  # an --init run logs the VAE it took, and trains none
     run_log.write_text("".join(json.dumps(r) + "\n" for r in
-                               [{"phase": "vae", "copied_from": "/work/main/assets/shapes3d-zero123/vae"},
+                               [{"phase": "vae", "copied_from": str(REPO / "assets/shapes3d-zero123/vae")},
                                 *(r for r in LOG if r["phase"] != "vae")]))
     text = card.build_card(mine, run_log)
     assert "VAE: not trained by this run: taken with `--init` from `assets/shapes3d-zero123/vae`" in text
